@@ -1,0 +1,87 @@
+"""The reverse loop on host (numpy) buffers, driven by any ``(x, t) -> model_out`` callable.
+
+All buffers are allocated once before the first step; each step writes the
+time input in place, calls the model and applies the plan's affine update with
+numpy ``out=`` arguments, so the loop itself allocates nothing per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ddpm_rt.errors import ConfigError
+from ddpm_rt.plan import SamplingPlan
+
+ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ProgressFn = Callable[[int, int], None]
+
+
+def initial_noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """x_T ~ N(0, I) as float32 (the same draw on every backend for a given rng state)."""
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def sample_loop(
+    model: ModelFn,
+    plan: SamplingPlan,
+    x_init: np.ndarray,
+    *,
+    noise: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Run every step of `plan` from `x_init` and return the final sample (a new array).
+
+    Args:
+        model: called as ``model(x, t)`` with x float32 [B, ...] and t float32 [B];
+            it may return a buffer it reuses between calls (it is read before the next call).
+        plan: the precomputed tables.
+        x_init: the starting sample x_T, float32 [B, ...].
+        noise: per-step noise, float32 [N, B, ...]; row i is used at step i when
+            sigma_i > 0. If omitted, noise is drawn from `rng` (in place) at those steps only.
+        rng: generator for the per-step noise (default: a fresh unseeded one).
+        progress: called as ``progress(step_done, steps)`` after every step.
+    """
+    x = np.array(x_init, dtype=np.float32, copy=True, order="C")  # (B, ...) the running sample
+    batch = x.shape[0]
+    if noise is not None and noise.shape != (plan.steps, *x.shape):
+        raise ConfigError(
+            f"per-step noise must have shape {(plan.steps, *x.shape)}, got {tuple(noise.shape)}"
+        )
+    if noise is None and plan.stochastic and rng is None:
+        rng = np.random.default_rng()
+    t_buf = np.empty((batch,), dtype=np.float32)  # (B,)
+    z = np.empty_like(x)  # per-step noise
+    tmp = np.empty_like(x)
+    x0 = np.empty_like(x) if plan.clip is not None else None
+    lo, hi = plan.clip if plan.clip is not None else (0.0, 0.0)
+
+    for i in range(plan.steps):
+        t_buf.fill(plan.timesteps[i])
+        out = model(x, t_buf)
+        if x0 is not None:
+            # x0^ = clip(cx·x + co·out) before x is overwritten
+            np.multiply(x, plan.cx[i], out=x0)
+            np.multiply(out, plan.co[i], out=tmp)
+            np.add(x0, tmp, out=x0)
+            np.clip(x0, lo, hi, out=x0)
+        # x_prev = a·x + b·out (+ p0·x0^) + sigma·z
+        np.multiply(out, plan.b[i], out=tmp)
+        np.multiply(x, plan.a[i], out=x)
+        np.add(x, tmp, out=x)
+        if x0 is not None:
+            np.multiply(x0, plan.p0[i], out=tmp)
+            np.add(x, tmp, out=x)
+        if plan.sigma[i] > 0:
+            if noise is not None:
+                np.multiply(noise[i], plan.sigma[i], out=tmp)
+            else:
+                assert rng is not None
+                rng.standard_normal(dtype=np.float32, out=z)
+                np.multiply(z, plan.sigma[i], out=tmp)
+            np.add(x, tmp, out=x)
+        if progress is not None:
+            progress(i + 1, plan.steps)
+    return x

@@ -1,0 +1,83 @@
+"""DiffusionSpec: everything a sampler must know about a trained denoiser besides its weights.
+
+It travels with every model form: built-in models, `ddpm-rt train` checkpoints
+(config JSON) and exported bundles (manifest), so all of them plan the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ddpm_rt.errors import ConfigError
+from ddpm_rt.plan import PREDICTION_TYPES, SamplerSpec, SamplingPlan, build_plan, default_sampler
+from ddpm_rt.schedule import ScheduleSpec
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """The diffusion contract of one denoiser ``out = f(x, t)``."""
+
+    schedule: ScheduleSpec
+    prediction_type: str  # epsilon | sample | v_prediction | next_sample
+    sample_shape: tuple[int, ...]  # one sample, no batch: (C, H, W) or (D,)
+    data_range: tuple[float, float] = (-1.0, 1.0)
+    clip: tuple[float, float] | None = None  # clip of x0^ while sampling (None = off)
+    sampler_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. {"step_scale": 1.5}
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(
+                f"unknown prediction type {self.prediction_type!r}; "
+                f"choose one of {', '.join(PREDICTION_TYPES)}"
+            )
+        if len(self.sample_shape) not in (1, 3) or min(self.sample_shape) < 1:
+            raise ConfigError(
+                f"sample shape must be (C, H, W) or (D,), got {self.sample_shape}"
+            )
+
+    @property
+    def timestep_meaning(self) -> str:
+        return self.schedule.timestep_meaning
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.sample_shape) == 3
+
+    def sampler(self, steps: int | None = None, **overrides: Any) -> SamplerSpec:
+        """The default sampler for this model, with the model's own defaults then `overrides`."""
+        merged = {**self.sampler_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        name = merged.pop("sampler", None)
+        base = default_sampler(self.schedule, steps)
+        if name is not None:
+            base = replace(base, sampler=name)
+        return replace(base, **merged)
+
+    def plan(self, sampler: SamplerSpec) -> SamplingPlan:
+        return build_plan(self.schedule, self.prediction_type, sampler, self.clip)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.to_dict(),
+            "prediction_type": self.prediction_type,
+            "timestep_meaning": self.timestep_meaning,
+            "sample_shape": list(self.sample_shape),
+            "data_range": list(self.data_range),
+            "clip": None if self.clip is None else list(self.clip),
+            "sampler_defaults": dict(self.sampler_defaults),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionSpec:
+        try:
+            clip = d.get("clip")
+            return cls(
+                schedule=ScheduleSpec.from_dict(d["schedule"]),
+                prediction_type=d["prediction_type"],
+                sample_shape=tuple(int(s) for s in d["sample_shape"]),
+                data_range=tuple(float(v) for v in d.get("data_range", (-1.0, 1.0))),
+                clip=None if clip is None else (float(clip[0]), float(clip[1])),
+                sampler_defaults=dict(d.get("sampler_defaults", {})),
+            )
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"diffusion spec is missing or has a malformed field: {e}") from None
