@@ -1,0 +1,165 @@
+"""The built-in model table: one reference denoiser per seed system, with its diffusion
+contract, constructor config, training data and (for shipped ones) trained weights in assets/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpm_rt.errors import SourceError
+from ddpm_rt.schedule import ScheduleSpec
+from ddpm_rt.spec import DiffusionSpec
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _unet(**kw: Any) -> torch.nn.Module:
+    from ddpm_rt.models.unet import UNet
+
+    return UNet(**kw)
+
+
+def _mlp(**kw: Any) -> torch.nn.Module:
+    from ddpm_rt.models.mlp import ConditionalMLP
+
+    return ConditionalMLP(**kw)
+
+
+def _interp(**kw: Any) -> torch.nn.Module:
+    from ddpm_rt.models.interp_unet import InterpUNet
+
+    return InterpUNet(**kw)
+
+
+def _vit(**kw: Any) -> torch.nn.Module:
+    from ddpm_rt.models.patch_vit import PatchViT
+
+    return PatchViT(**kw)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """One built-in denoiser: contract (spec), constructor kwargs (config) and training data."""
+
+    name: str  # "digits" | "swissroll" | "interp-digits" | "vit-digits"
+    description: str
+    spec: DiffusionSpec
+    config: dict
+    dataset: str  # "digits16" | "swissroll"
+    factory: Callable[..., torch.nn.Module] = field(repr=False, compare=False, default=_unet)
+    train_defaults: dict = field(default_factory=dict)  # steps, batch_size, lr for `ddpm-rt train`
+
+    def build(self, config: dict | None = None) -> torch.nn.Module:
+        """An untrained module (this model's config, overridden by `config`)."""
+        return self.factory(**{**self.config, **(config or {})})
+
+
+BUILTIN: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel(
+            name="digits",
+            description="seed 001: DDPM U-Net (ResBlocks, GroupNorm(8), attention at 8x8) on 16x16 digits, "
+            "linear betas 1e-4..0.02, T=1000, epsilon",
+            spec=DiffusionSpec(
+                schedule=ScheduleSpec(kind="linear", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02),
+                prediction_type="epsilon",
+                sample_shape=(1, 16, 16),
+                clip=(-1.0, 1.0),
+            ),
+            config={"in_channels": 1, "base_channels": 32, "channel_mult": [1, 2, 2],
+                    "num_res_blocks": 1, "attn_levels": [1], "heads": 1},
+            dataset="digits16",
+            factory=_unet,
+            train_defaults={"steps": 3200, "batch_size": 64, "lr": 2e-3},
+        ),
+        BuiltinModel(
+            name="swissroll",
+            description="seed 002: MLP with per-layer sinusoidal timestep embeddings on the 2-D swiss roll, "
+            "cosine betas, T=40, epsilon, x0^ clipped to [-1, 1], DDPM sampling",
+            spec=DiffusionSpec(
+                schedule=ScheduleSpec(kind="cosine", num_train_timesteps=40),
+                prediction_type="epsilon",
+                sample_shape=(2,),
+                clip=(-1.0, 1.0),
+                sampler_defaults={"sampler": "ddpm"},
+            ),
+            config={"dim": 2, "hidden": 128, "layers": 3},
+            dataset="swissroll",
+            factory=_mlp,
+            train_defaults={"steps": 6000, "batch_size": 256, "lr": 2e-3},
+        ),
+        BuiltinModel(
+            name="interp-digits",
+            description="seed 000: conv U-Net with a scalar step input mapping x_k to x_{k+1} on 16x16 digits, "
+            "linear interpolation schedule, 16 steps, next_sample",
+            spec=DiffusionSpec(
+                schedule=ScheduleSpec(kind="interp", num_train_timesteps=16),
+                prediction_type="next_sample",
+                sample_shape=(1, 16, 16),
+            ),
+            config={"in_channels": 1, "channels": 64, "t_dim": 192, "bottleneck": 128,
+                    "image_size": 16, "num_steps": 16},
+            dataset="digits16",
+            factory=_interp,
+            train_defaults={"steps": 4000, "batch_size": 64, "lr": 8e-4},
+        ),
+        BuiltinModel(
+            name="vit-digits",
+            description="seed 004: patch vision transformer conditioned on alpha^n, A_n = alpha^n A_0 + "
+            "(1 - alpha^n) N with alpha=0.99, n_max=500, predicts N; step scale 1.5",
+            spec=DiffusionSpec(
+                schedule=ScheduleSpec(kind="alpha_power", alpha=0.99, num_train_timesteps=500),
+                prediction_type="epsilon",
+                sample_shape=(1, 16, 16),
+                sampler_defaults={"step_scale": 1.5},
+            ),
+            config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 128, "depth": 4, "heads": 4},
+            dataset="digits16",
+            factory=_vit,
+            train_defaults={"steps": 4000, "batch_size": 64, "lr": 1e-3},
+        ),
+    )
+}
+DEFAULT_MODEL = "digits"
+
+
+def get_builtin(name: str) -> BuiltinModel:
+    try:
+        return BUILTIN[name]
+    except KeyError:
+        raise SourceError(
+            f"unknown built-in model {name!r}; choose one of {', '.join(BUILTIN)}"
+        ) from None
+
+
+def shipped_dir(name: str) -> Path:
+    return ASSETS / name
+
+
+def has_shipped_weights(name: str) -> bool:
+    d = shipped_dir(name)
+    return name in BUILTIN and (d / "model.safetensors").is_file() and (d / "config.json").is_file()
+
+
+def load_shipped(name: str) -> torch.nn.Module:
+    """The built-in `name` with its shipped trained weights, in eval mode."""
+    model = get_builtin(name)
+    if not has_shipped_weights(name):
+        shipped = [n for n in BUILTIN if has_shipped_weights(n)]
+        raise SourceError(
+            f"no shipped weights for {name!r}; models with weights: {', '.join(shipped) or 'none'} "
+            f"(or train one with `ddpm-rt train {name}`)"
+        )
+    from ddpm_rt.train.checkpoint import load_weights
+
+    d = shipped_dir(name)
+    cfg = json.loads((d / "config.json").read_text())
+    module = model.build(cfg.get("model_config"))
+    load_weights(module, d / "model.safetensors")
+    return module.eval()

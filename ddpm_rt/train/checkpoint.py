@@ -1,0 +1,137 @@
+"""Training checkpoints as safetensors + JSON (never pickle), written atomically.
+
+A checkpoint directory holds:
+
+* ``model.safetensors``   — EMA weights, the ones used for sampling and export;
+* ``train_state.safetensors`` — raw weights (``model.*``), optimizer tensors
+  (``optim.<param index>.<name>``) and the torch RNG state (``rng.torch``), for resuming;
+* ``config.json``         — builtin kind, model config, DiffusionSpec, step, loss summary, seed, command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ddpm_rt.errors import SourceError
+from ddpm_rt.spec import DiffusionSpec
+
+FORMAT = "ddpm-rt-checkpoint"
+FORMAT_VERSION = 1
+MODEL_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "config.json"
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Call write(tmp_path) on a temp file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(flat, tmp))
+
+
+def save_json(obj: dict[str, Any], path: Path) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
+
+    _atomic(path, write)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SourceError(f"missing weights file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise SourceError(f"cannot read {path} as safetensors: {e}") from None
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into `module`; SourceError if names or shapes differ."""
+    state = read_tensors(path)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or bad:
+        parts = [f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad))
+                 if keys]
+        raise SourceError(f"weights in {path} do not match the model ({'; '.join(parts)})")
+    module.load_state_dict(state)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Flatten the optimizer state to ``optim.<param index>.<name>`` tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for name, value in st.items():
+            out[f"optim.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def read_config(ckpt: Path) -> dict[str, Any]:
+    path = Path(ckpt) / CONFIG_FILE
+    if not Path(ckpt).is_dir():
+        raise SourceError(f"checkpoint directory {ckpt} does not exist")
+    if not path.is_file():
+        raise SourceError(f"{ckpt} is not a ddpm-rt checkpoint (no {CONFIG_FILE}); train one with `ddpm-rt train`")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise SourceError(f"{path} is not a ddpm-rt checkpoint config (format != {FORMAT!r})")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise SourceError(
+            f"{path} has checkpoint format version {cfg.get('format_version')}, this ddpm-rt reads {FORMAT_VERSION}"
+        )
+    for key in ("kind", "model_config", "spec"):
+        if key not in cfg:
+            raise SourceError(f"{path} lacks the field {key!r}")
+    return cfg
+
+
+def load_checkpoint(ckpt: Path | str) -> tuple[torch.nn.Module, DiffusionSpec, dict[str, Any]]:
+    """(module with the EMA weights in eval mode, its DiffusionSpec, the config.json dict)."""
+    from ddpm_rt.models.registry import get_builtin
+
+    ckpt = Path(ckpt)
+    cfg = read_config(ckpt)
+    builtin = get_builtin(cfg["kind"])
+    try:
+        spec = DiffusionSpec.from_dict(cfg["spec"])
+    except Exception as e:  # ConfigError and malformed values alike
+        raise SourceError(f"{ckpt / CONFIG_FILE} has an invalid diffusion spec: {e}") from None
+    try:
+        module = builtin.build(cfg["model_config"])
+    except TypeError as e:
+        raise SourceError(f"{ckpt / CONFIG_FILE} has a model config that {cfg['kind']!r} does not accept: {e}") from None
+    load_weights(module, ckpt / MODEL_FILE)
+    return module.eval(), spec, cfg
