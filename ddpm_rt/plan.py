@@ -231,8 +231,9 @@ def build_plan(
 
 
 def default_sampler(schedule: ScheduleSpec, steps: int | None = None, **overrides) -> SamplerSpec:
-    """A sensible SamplerSpec for a schedule family (ddim-50 / direct-T / geometric-T)."""
+    """A sensible SamplerSpec for a schedule family (ddim-min(50, T) / direct-T / geometric-T)."""
     name = SAMPLERS_FOR_FAMILY[schedule.family][0]
     if steps is None:
-        steps = 50 if schedule.family == "vp" else schedule.num_train_timesteps
+        T = schedule.num_train_timesteps
+        steps = min(50, T) if schedule.family == "vp" else T  # never more steps than trained
     return replace(SamplerSpec(sampler=name, steps=steps), **overrides)

@@ -83,7 +83,8 @@ class ScheduleSpec:
             d |= {"cosine_s": self.cosine_s, "max_beta": self.max_beta}
         elif self.kind == "alpha_power":
             d |= {"alpha": self.alpha}
-        if self.family == "vp" and with_betas:
+        # explicit betas *are* the schedule, so they are written even without `with_betas`
+        if self.family == "vp" and (with_betas or self.kind == "betas"):
             d["betas"] = [float(b) for b in make_betas(self)]
         return d
 
@@ -91,8 +92,10 @@ class ScheduleSpec:
     def from_dict(cls, d: dict[str, Any]) -> ScheduleSpec:
         known = {"kind", "num_train_timesteps", "beta_start", "beta_end", "cosine_s",
                  "max_beta", "alpha"}
+        if "kind" not in d:
+            raise ConfigError(f"schedule needs a 'kind' (one of {', '.join(KINDS)}), got keys {sorted(d)}")
         kwargs = {k: v for k, v in d.items() if k in known}
-        if d.get("kind") == "betas":
+        if d["kind"] == "betas" and "betas" in d:
             kwargs["betas"] = tuple(float(b) for b in d["betas"])
         return cls(**kwargs)
 
