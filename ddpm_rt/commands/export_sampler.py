@@ -1,0 +1,51 @@
+"""`ddpm-rt export-sampler`: the sampler inside the graph, for hosts without Python."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddpm_rt.errors import ConfigError
+
+
+def export_sampler(
+    bundle: Annotated[
+        str,
+        typer.Argument(help="Bundle from `ddpm-rt export` (directory or .onnx); a built-in name or "
+                       "`ddpm-rt train` checkpoint is exported to a bundle first."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output .onnx file (written atomically).")],
+    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm (VP models), direct (interp), geometric (alpha-power).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Number of reverse steps (default: 50, or the model's own count).")] = None,
+    eta: Annotated[float | None, typer.Option(help="DDIM eta: 0 deterministic (full-loop graph possible), > 0 stochastic.")] = None,
+    spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
+    step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling.")] = None,
+    graph: Annotated[str, typer.Option(help="step: one step per Run (host loops, any sampler); loop: all steps "
+                                       "in one Run (deterministic samplers); auto: loop when deterministic.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop."""
+    from ddpm_rt.exporter.bundle import load_bundle
+    from ddpm_rt.exporter.sampler_export import export_sampler_graph, load_denoiser
+    from ddpm_rt.source import resolve_source
+
+    if out.suffix != ".onnx":
+        raise ConfigError(f"--out must name an .onnx file, got {out}")
+    src = resolve_source(bundle)
+    for note in src.notes:
+        typer.echo(f"warning: {note}", err=True)
+    b = load_bundle(src.bundle_dir())
+    sampler_spec = b.spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
+    result = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler_spec, out, graph)
+    typer.echo(
+        f"wrote {result.graph} graph {out} ({sampler_spec.sampler}, {result.plan.steps} steps, "
+        f"eta {sampler_spec.eta:g}); max |fused - Python loop| = {result.max_abs_diff:.2e}",
+        err=True,
+    )
+    if json_out:
+        json.dump({"source": src.name, **result.summary()}, sys.stdout)
+        sys.stdout.write("\n")

@@ -1,0 +1,247 @@
+"""The sampler inside the graph: the denoiser plus the plan's update fused into one ONNX model.
+
+Two graphs are built from a bundle's denoiser (its nodes copied under a ``den/`` prefix)
+and a `SamplingPlan` (its tables stored as initializers, indexed with ``Gather``):
+
+* **step graph** — one reverse step; the host loops ``step = 0 .. N-1``::
+
+      inputs   x      float32 [B, ...]   the running sample (x_T ~ N(0, I) at step 0)
+               step   int64   []         index into the plan (0 = first, noisiest step)
+               noise  float32 [B, ...]   z ~ N(0, I); read only where sigma[step] > 0
+      output   x_prev float32 [B, ...]
+
+* **full-loop graph** (deterministic plans only) — every step in one ONNX ``Loop``::
+
+      input    x_init float32 [B, ...]   x_T ~ N(0, I)
+      output   x_0    float32 [B, ...]
+
+Per step, with the plan's row i (see `ddpm_rt.plan`)::
+
+    t      = Expand(timesteps[i], [B])                               # (B,)
+    out    = denoiser(x, t)                                          # (B, ...)
+    x_prev = a_i·x + b_i·out [+ p0_i·clip(cx_i·x + co_i·out, lo, hi)] + sigma_i·z
+
+The term order matches `runtime.loop.sample_loop`, so both agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ddpm_rt.errors import ExportError
+from ddpm_rt.plan import SamplingPlan
+
+PREFIX = "den/"  # every copied denoiser name lives under this prefix
+MIN_OPSET = 13  # Clip with tensor bounds, Loop with a scalar condition
+GRAPH_KINDS = ("step", "loop")
+# The denoiser contract (design.md): inputs x, t; one output.
+DENOISER_INPUTS = ("x", "t")
+
+
+def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename every value in `graph` (and its subgraphs) in place: mapped names, else PREFIX+name."""
+
+    def name(n: str) -> str:
+        if not n:  # an omitted optional input stays omitted
+            return n
+        return mapping.get(n, PREFIX + n)
+
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        vi.name = name(vi.name)
+    for init in graph.initializer:
+        init.name = name(init.name)
+    for node in graph.node:
+        node.input[:] = [name(n) for n in node.input]
+        node.output[:] = [name(n) for n in node.output]
+        if node.name:
+            node.name = PREFIX + node.name
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename_graph(attr.g, mapping)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _rename_graph(g, mapping)
+
+
+def _check_denoiser(model: onnx.ModelProto) -> int:
+    """Check the denoiser contract; return its default-domain opset."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in inits]
+    if tuple(inputs) != DENOISER_INPUTS or len(g.output) != 1:
+        raise ExportError(
+            f"the denoiser graph must have inputs (x, t) and one output, got inputs {inputs} "
+            f"and outputs {[o.name for o in g.output]}; re-export the bundle with `ddpm-rt export`"
+        )
+    if len(g.sparse_initializer):
+        raise ExportError("the denoiser graph has sparse initializers, which cannot be fused; re-export it dense")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"the denoiser uses opset {opset}; sampler graphs need opset >= {MIN_OPSET} "
+            "(re-export the bundle with a newer opset)"
+        )
+    return opset
+
+
+def _denoiser_parts(
+    denoiser: onnx.ModelProto, x: str, t: str, out: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The denoiser's nodes and initializers, renamed so they read `x`, `t` and write `out`."""
+    g = copy.deepcopy(denoiser.graph)
+    _rename_graph(g, {"x": x, "t": t, g.output[0].name: out})
+    return list(g.node), list(g.initializer)
+
+
+def _scalar(name: str, value: float, dtype: type = np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def _plan_tables(plan: SamplingPlan) -> list[onnx.TensorProto]:
+    """The plan's per-step columns as float32 [N] initializers (sampling order)."""
+    cols = {"timesteps": plan.timesteps, "a": plan.a, "b": plan.b, "sigma": plan.sigma}
+    if plan.clip is not None:
+        cols |= {"cx": plan.cx, "co": plan.co, "p0": plan.p0}
+    tabs = [numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float32), f"plan/{k}")
+            for k, v in cols.items()]
+    tabs.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "plan/zero1"))
+    tabs.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "plan/one1"))
+    if plan.clip is not None:
+        tabs += [_scalar("plan/clip_lo", plan.clip[0]), _scalar("plan/clip_hi", plan.clip[1])]
+    return tabs
+
+
+def _step_nodes(
+    plan: SamplingPlan, x: str, step: str, noise: str | None, x_prev: str, tag: str
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], str, str]:
+    """Nodes of one step around the denoiser call: (before, after, t name, out name).
+
+    `before` gathers row `step` and builds t; `after` is the update. Names are suffixed
+    with `tag` so the same builder serves the main graph and a Loop body.
+    """
+    n = lambda s: f"{s}{tag}"  # noqa: E731 - a local naming helper
+    t, out = n("t"), n("out")
+    before = [
+        # coefficients of row `step`: 0-d scalars that broadcast over (B, ...)
+        *[helper.make_node("Gather", [f"plan/{c}", step], [n(f"c_{c}")], name=n(f"gather_{c}"))
+          for c in (("timesteps", "a", "b", "sigma") + (("cx", "co", "p0") if plan.clip else ()))],
+        # t = Expand(timesteps[step], [B])                                    # (B,)
+        helper.make_node("Shape", [x], [n("x_shape")], name=n("shape")),
+        helper.make_node("Slice", [n("x_shape"), "plan/zero1", "plan/one1"], [n("batch")], name=n("batch")),
+        helper.make_node("Expand", [n("c_timesteps"), n("batch")], [t], name=n("t")),
+    ]
+    nodes = [
+        # x_prev = a·x + b·out ...                                            # (B, ...)
+        helper.make_node("Mul", [x, n("c_a")], [n("ax")], name=n("ax")),
+        helper.make_node("Mul", [out, n("c_b")], [n("bo")], name=n("bo")),
+        helper.make_node("Add", [n("ax"), n("bo")], [n("lin")], name=n("lin")),
+    ]
+    acc = n("lin")
+    if plan.clip is not None:
+        # ... + p0·clip(cx·x + co·out, lo, hi)
+        nodes += [
+            helper.make_node("Mul", [x, n("c_cx")], [n("cxx")], name=n("cxx")),
+            helper.make_node("Mul", [out, n("c_co")], [n("coo")], name=n("coo")),
+            helper.make_node("Add", [n("cxx"), n("coo")], [n("x0")], name=n("x0")),
+            helper.make_node("Clip", [n("x0"), "plan/clip_lo", "plan/clip_hi"], [n("x0c")], name=n("clip")),
+            helper.make_node("Mul", [n("x0c"), n("c_p0")], [n("p0x0")], name=n("p0x0")),
+            helper.make_node("Add", [acc, n("p0x0")], [n("lin_clip")], name=n("lin_clip")),
+        ]
+        acc = n("lin_clip")
+    if noise is not None:
+        # ... + sigma·z  (sigma = 0 on deterministic rows: z is read but adds exactly 0)
+        nodes += [
+            helper.make_node("Mul", [noise, n("c_sigma")], [n("sz")], name=n("sz")),
+            helper.make_node("Add", [acc, n("sz")], [x_prev], name=n("x_prev")),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", [acc], [x_prev], name=n("x_prev")))
+    return before, nodes, t, out
+
+
+def _tensor_info(name: str, sample_shape: Iterable[int], dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, ["batch", *sample_shape])
+
+
+def _model(graph: onnx.GraphProto, denoiser: onnx.ModelProto, opset: int,
+           metadata: dict[str, str]) -> onnx.ModelProto:
+    others = [o for o in denoiser.opset_import if o.domain not in ("", "ai.onnx")]
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), *others],
+        producer_name="ddpm-rt export-sampler",
+        ir_version=max(denoiser.ir_version, 8),
+    )
+    model.functions.extend(denoiser.functions)  # model-local functions the denoiser calls
+    helper.set_model_props(model, metadata)
+    return model
+
+
+def build_step_graph(
+    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str]
+) -> onnx.ModelProto:
+    """One fused reverse step: (x, step, noise) -> x_prev."""
+    opset = _check_denoiser(denoiser)
+    before, after, t, out = _step_nodes(plan, "x", "step", "noise", "x_prev", tag="")
+    den_nodes, den_inits = _denoiser_parts(denoiser, "x", t, out)
+    graph = helper.make_graph(
+        [*before, *den_nodes, *after],
+        "ddpm_rt_step",
+        inputs=[_tensor_info("x", sample_shape),
+                helper.make_tensor_value_info("step", TensorProto.INT64, []),
+                _tensor_info("noise", sample_shape)],
+        outputs=[_tensor_info("x_prev", sample_shape)],
+        initializer=[*_plan_tables(plan), *den_inits],
+    )
+    return _model(graph, denoiser, opset, metadata)
+
+
+def build_loop_graph(
+    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str]
+) -> onnx.ModelProto:
+    """Every step in one ONNX Loop (trip count N, loop-carried x): x_init -> x_0.
+
+    Only for deterministic plans (sigma = 0 on every row); the caller checks.
+    """
+    assert not plan.stochastic, "the full-loop graph has no noise input"
+    opset = _check_denoiser(denoiser)
+    # Loop body: (iteration i, cond, x_i) -> (cond, x_{i+1}); the tables and the denoiser's
+    # weights stay initializers of the main graph, read from the outer scope.
+    before, after, t, out = _step_nodes(plan, "body/x", "body/i", None, "body/x_next", tag="@body")
+    den_nodes, den_inits = _denoiser_parts(denoiser, "body/x", t, out)
+    body = helper.make_graph(
+        [*before, *den_nodes, *after,
+         helper.make_node("Identity", ["body/cond"], ["body/cond_out"], name="body/cond")],
+        "ddpm_rt_loop_body",
+        inputs=[helper.make_tensor_value_info("body/i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("body/cond", TensorProto.BOOL, []),
+                _tensor_info("body/x", sample_shape)],
+        outputs=[helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
+                 _tensor_info("body/x_next", sample_shape)],
+    )
+    loop = helper.make_node("Loop", ["loop/trip_count", "loop/cond", "x_init"], ["x_0"],
+                            name="sampler_loop", body=body)
+    graph = helper.make_graph(
+        [loop],
+        "ddpm_rt_full_loop",
+        inputs=[_tensor_info("x_init", sample_shape)],
+        outputs=[_tensor_info("x_0", sample_shape)],
+        initializer=[_scalar("loop/trip_count", plan.steps, np.int64),
+                     numpy_helper.from_array(np.array(True), "loop/cond"),
+                     *_plan_tables(plan), *den_inits],
+    )
+    return _model(graph, denoiser, opset, metadata)
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker on the fused model, as an ExportError."""
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise ExportError(f"the fused sampler graph is not valid ONNX: {first}") from None
