@@ -1,0 +1,67 @@
+"""`ddpm-rt export`: any trained denoiser to a self-describing, verified ONNX bundle."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddpm_rt.schedule import KINDS
+
+
+def export(
+    source: Annotated[
+        str | None,
+        typer.Argument(help="Built-in name, `ddpm-rt train` checkpoint dir, diffusers pipeline or UNet2DModel folder. "
+                       "Omit with --model."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Bundle directory to write (denoiser.onnx + ddpm_rt.json).")] = Path("bundle"),
+    model: Annotated[str | None, typer.Option(help="Your own module: package.module:factory (called with no arguments).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights for --model: a .safetensors state dict.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Also read pickle weights (.pt/.pth/.ckpt/.bin), via torch.load(weights_only=True).")] = False,
+    schedule: Annotated[str | None, typer.Option(help=f"Training schedule: {', '.join(KINDS)} (default linear).")] = None,
+    num_train_timesteps: Annotated[int | None, typer.Option(help="Training steps T (default 1000).")] = None,
+    beta_start: Annotated[float | None, typer.Option(help="First beta (linear / scaled_linear; default 1e-4).")] = None,
+    beta_end: Annotated[float | None, typer.Option(help="Last beta (default 0.02).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="alpha of an alpha_power schedule (default 0.99).")] = None,
+    prediction_type: Annotated[str | None, typer.Option(help="epsilon | sample | v_prediction | next_sample (default epsilon).")] = None,
+    sample_shape: Annotated[str | None, typer.Option(help="One sample's shape: C,H,W or D (needed with --model).")] = None,
+    clip: Annotated[str | None, typer.Option(help="Clip of x0^ while sampling: LO,HI or R (= -R,R) or none.")] = None,
+    precision: Annotated[str, typer.Option(help="Graph precision: fp32 | fp16 (I/O stays float32).")] = "fp32",
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    verify: Annotated[bool, typer.Option(help="Check the graph against eager PyTorch (--no-verify skips).")] = True,
+    tolerance: Annotated[float | None, typer.Option(help="Max-abs single-call error allowed (default 1e-4 fp32, 5e-2 fp16).")] = None,
+    trajectory_steps: Annotated[int, typer.Option(help="Steps of the trajectory comparison (0 skips it).")] = 50,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
+) -> None:
+    """Export a denoiser to a verified ONNX bundle (denoiser.onnx + ddpm_rt.json)."""
+    from ddpm_rt.exporter.export import ExportOptions, export_bundle, stderr_status
+    from ddpm_rt.exporter.sources import ScheduleFlags, resolve_export_source
+
+    options = ExportOptions(precision=precision, opset=opset, verify=verify, tolerance=tolerance,
+                            trajectory_steps=trajectory_steps)
+    given = {k: v for k, v in {
+        "schedule": schedule, "num_train_timesteps": num_train_timesteps, "beta_start": beta_start,
+        "beta_end": beta_end, "alpha": alpha, "prediction_type": prediction_type,
+        "sample_shape": sample_shape, "clip": clip,
+    }.items() if v is not None}
+    flags = ScheduleFlags(**given)
+    src = resolve_export_source(source, model=model, weights=weights, flags=flags,
+                                flags_given=bool(given), allow_pickle=allow_pickle)
+    for note in src.notes:
+        typer.echo(f"warning: {note}", err=True)
+    manifest = export_bundle(src, out, options, status=stderr_status)
+    if json_out:
+        json.dump(manifest, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    parity = manifest["parity"]
+    if parity is None:
+        typer.echo(f"wrote {out} ({options.precision}, not verified)")
+    else:
+        traj = ", ".join(f"{k} trajectory max-abs {v['max_abs']:.3g}" for k, v in parity["trajectory"].items())
+        typer.echo(f"wrote {out} ({options.precision}; max-abs {parity['max_abs']:.3g} vs eager"
+                   f"{'; ' + traj if traj else ''})")

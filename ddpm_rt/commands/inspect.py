@@ -1,0 +1,25 @@
+"""`ddpm-rt inspect`: what a bundle holds and how well it was verified."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or a .onnx exported by ddpm-rt.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")] = False,
+) -> None:
+    """Print a bundle's manifest summary, graph I/O, size, FLOPs and verification figures."""
+    from ddpm_rt.exporter.inspect import describe, format_text
+
+    info = describe(bundle)
+    if json_out:
+        json.dump(info, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        typer.echo(format_text(info))

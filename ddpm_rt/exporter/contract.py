@@ -1,0 +1,71 @@
+"""The denoiser graph contract: one frozen spec read by the exporter, the ORT session and the TensorRT builder.
+
+    x:   float32 [batch, *sample_shape]   the noisy sample
+    t:   float32 [batch]                  the model's time input (meaning: manifest `timestep_meaning`)
+    out: float32 [batch, *sample_shape]   the model output (meaning: manifest `prediction_type`)
+
+The timestep is float32 at the boundary (int64 breaks TensorRT and several ORT hosts);
+any cast to an index happens inside the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MIN_OPSET = 17
+
+
+@dataclass(frozen=True)
+class GraphContract:
+    """Names, dtypes, the dynamic axis and the batch range of the exported denoiser graph."""
+
+    x_name: str = "x"
+    t_name: str = "t"
+    out_name: str = "out"
+    dtype: str = "float32"  # boundary dtype of all three tensors, whatever the graph's precision
+    batch_axis: str = "batch"  # name of the dynamic axis 0
+    opset: int = MIN_OPSET
+    min_batch: int = 1
+    opt_batch: int = 4  # also the larger batch the exporter verifies at
+    max_batch: int = 64  # TensorRT optimisation profile upper bound (engines may override)
+
+    @property
+    def input_names(self) -> tuple[str, str]:
+        return (self.x_name, self.t_name)
+
+    @property
+    def output_names(self) -> tuple[str]:
+        return (self.out_name,)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {name: {0: self.batch_axis} for name in (*self.input_names, self.out_name)}
+
+    def shapes(self, sample_shape: tuple[int, ...], batch: int) -> dict[str, tuple[int, ...]]:
+        """Concrete shapes of x, t and out for one batch size."""
+        return {
+            self.x_name: (batch, *sample_shape),
+            self.t_name: (batch,),
+            self.out_name: (batch, *sample_shape),
+        }
+
+    def symbolic_shapes(self, sample_shape: tuple[int, ...]) -> dict[str, list[int | str]]:
+        """Shapes as stored in the graph: the batch axis by name, the rest fixed."""
+        return {
+            self.x_name: [self.batch_axis, *sample_shape],
+            self.t_name: [self.batch_axis],
+            self.out_name: [self.batch_axis, *sample_shape],
+        }
+
+    def to_dict(self, sample_shape: tuple[int, ...]) -> dict[str, Any]:
+        """The manifest's `io` section."""
+        shapes = self.symbolic_shapes(sample_shape)
+        return {
+            "inputs": [{"name": n, "dtype": self.dtype, "shape": shapes[n]} for n in self.input_names],
+            "outputs": [{"name": self.out_name, "dtype": self.dtype, "shape": shapes[self.out_name]}],
+            "dynamic_axes": {self.batch_axis: 0},
+            "batch_range": [self.min_batch, self.opt_batch, self.max_batch],
+        }
+
+
+CONTRACT = GraphContract()

@@ -1,0 +1,225 @@
+"""Read a diffusers model folder from local disk: a DDPM/DDIM pipeline (`unet/` +
+`scheduler/scheduler_config.json`) or a bare `UNet2DModel` folder plus schedule flags.
+
+diffusers is an optional extra, imported only here. The scheduler config is read as
+plain JSON and mapped onto our DiffusionSpec:
+
+    beta_schedule linear | scaled_linear | squaredcos_cap_v2 → linear | scaled_linear | cosine
+    trained_betas                                           → betas (explicit)
+    clip_sample, clip_sample_range                          → clip (-r, r) of x0^
+    prediction_type, variance_type, timestep_spacing, steps_offset, set_alpha_to_one
+                                                            → prediction type / sampler defaults
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ddpm_rt.errors import SourceError
+from ddpm_rt.exporter.sources import ExportSource, ScheduleFlags
+from ddpm_rt.schedule import ScheduleSpec
+from ddpm_rt.spec import DiffusionSpec
+
+if TYPE_CHECKING:
+    import torch
+
+UNET_CLASS = "UNet2DModel"
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
+VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small_log",
+                  "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+SAMPLER_FOR_SCHEDULER = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"cannot read {path} as JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{path} is not a JSON object")
+    return data
+
+
+def detect(path: Path) -> str | None:
+    """'pipeline', 'unet' or None (not a diffusers folder)."""
+    if not path.is_dir():
+        return None
+    if (path / "unet" / "config.json").is_file():
+        return "pipeline"
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(data, dict) and ("_diffusers_version" in data or "_class_name" in data):
+        return "unet"
+    return None
+
+
+def spec_from_scheduler(config: dict[str, Any], sample_shape: tuple[int, ...], where: Path) -> tuple[DiffusionSpec, list[str]]:
+    """Map a diffusers scheduler_config.json onto a DiffusionSpec (+ notes on what was ignored)."""
+    notes: list[str] = []
+    cls = config.get("_class_name", "DDPMScheduler")
+    T = int(config.get("num_train_timesteps", 1000))
+    trained = config.get("trained_betas")
+    if trained is not None:
+        schedule = ScheduleSpec(kind="betas", num_train_timesteps=T, betas=tuple(float(b) for b in trained))
+    else:
+        name = config.get("beta_schedule", "linear")
+        if name not in BETA_SCHEDULES:
+            raise SourceError(
+                f"{where}: beta_schedule {name!r} is not supported; supported: {', '.join(BETA_SCHEDULES)} "
+                "or trained_betas"
+            )
+        schedule = ScheduleSpec(kind=BETA_SCHEDULES[name], num_train_timesteps=T,
+                                beta_start=float(config.get("beta_start", 1e-4)),
+                                beta_end=float(config.get("beta_end", 0.02)))
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "sample", "v_prediction"):
+        raise SourceError(f"{where}: prediction_type {prediction!r} is not supported (epsilon, sample, v_prediction)")
+    clip = None
+    if config.get("clip_sample", True):
+        r = float(config.get("clip_sample_range", 1.0))
+        clip = (-r, r)
+    if config.get("thresholding", False):
+        notes.append(f"{where.name}: dynamic thresholding is not supported; x0^ is clipped to the fixed range instead")
+    defaults: dict[str, Any] = {}
+    if cls in SAMPLER_FOR_SCHEDULER:
+        defaults["sampler"] = SAMPLER_FOR_SCHEDULER[cls]
+    else:
+        notes.append(f"scheduler {cls} has no ddpm-rt equivalent; the model samples with ddim by default")
+    variance = config.get("variance_type", "fixed_small")
+    if cls == "DDPMScheduler":
+        if variance not in VARIANCE_TYPES:
+            raise SourceError(
+                f"{where}: variance_type {variance!r} (a learned variance) is not supported; "
+                f"supported: {', '.join(VARIANCE_TYPES)}"
+            )
+        defaults["variance_type"] = VARIANCE_TYPES[variance]
+    if "timestep_spacing" in config:
+        spacing = config["timestep_spacing"]
+        if spacing not in ("leading", "trailing", "linspace"):
+            raise SourceError(f"{where}: timestep_spacing {spacing!r} is not supported (leading, trailing, linspace)")
+        defaults["spacing"] = spacing
+    if config.get("steps_offset"):
+        defaults["steps_offset"] = int(config["steps_offset"])
+    if cls == "DDIMScheduler" and "set_alpha_to_one" in config:
+        defaults["set_alpha_to_one"] = bool(config["set_alpha_to_one"])
+    spec = DiffusionSpec(schedule, prediction, sample_shape, clip=clip, sampler_defaults=defaults)
+    return spec, notes
+
+
+def _import_unet_class():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from diffusers import UNet2DModel
+    except ImportError:
+        raise SourceError(
+            "reading a diffusers folder needs the diffusers package: pip install 'ddpm-rt[diffusers]'"
+        ) from None
+    return UNet2DModel
+
+
+def load_unet(unet_dir: Path, allow_pickle: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(UNet2DModel in eval mode, its config) from a local folder; SourceError on any mismatch."""
+    cfg_path = unet_dir / "config.json"
+    if not cfg_path.is_file():
+        raise SourceError(f"{unet_dir} has no config.json (not a diffusers model folder)")
+    config = _read_json(cfg_path)
+    if config.get("_class_name", UNET_CLASS) != UNET_CLASS:
+        raise SourceError(f"{cfg_path}: model class {config['_class_name']!r} is not supported; only {UNET_CLASS}")
+    if config.get("num_class_embeds") or config.get("class_embed_type"):
+        raise SourceError(f"{cfg_path}: class-conditional UNets are not supported (unconditional denoisers only)")
+    safe = unet_dir / "diffusion_pytorch_model.safetensors"
+    pickle = unet_dir / "diffusion_pytorch_model.bin"
+    if not safe.is_file():
+        if not pickle.is_file():
+            raise SourceError(f"{unet_dir} has no diffusion_pytorch_model.safetensors")
+        if not allow_pickle:
+            raise SourceError(
+                f"{pickle} is a pickle checkpoint, which can run code when loaded; save it as safetensors, "
+                "or pass --allow-pickle to load it with torch.load(weights_only=True)"
+            )
+    UNet2DModel = _import_unet_class()
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            model, info = UNet2DModel.from_pretrained(
+                str(unet_dir), use_safetensors=safe.is_file(), local_files_only=True,
+                output_loading_info=True,
+            )
+    except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(f"cannot load {UNET_CLASS} from {unet_dir}: {first}") from None
+    finally:
+        dlogging.set_verbosity(level)
+    problems = [f"{label}: {', '.join(map(str, keys[:3]))}{' …' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", info.get("missing_keys", [])),
+                                    ("unexpected", info.get("unexpected_keys", [])),
+                                    ("wrong shape", [m[0] if isinstance(m, tuple) else m
+                                                     for m in info.get("mismatched_keys", [])]))
+                if keys]
+    if problems:
+        raise SourceError(f"weights in {unet_dir} do not match its config ({'; '.join(problems)})")
+    if model.config.in_channels != model.config.out_channels:
+        raise SourceError(
+            f"{cfg_path}: out_channels {model.config.out_channels} != in_channels {model.config.in_channels} "
+            "(learned-variance models are not supported)"
+        )
+    return model.float().eval(), dict(model.config)
+
+
+def _wrap(unet: torch.nn.Module) -> torch.nn.Module:
+    import torch
+
+    class DiffusersDenoiser(torch.nn.Module):
+        """forward(x float32 [B, C, H, W], t float32 [B]) -> UNet2DModel(x, t).sample."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.unet = inner
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # UNet2DModel embeds t with sinusoids in float32; a float timestep gives the
+            # same embedding as the integer index, so no cast to int64 is needed.
+            return self.unet(x, t, return_dict=False)[0]
+
+    return DiffusersDenoiser(unet).eval()
+
+
+def load(path: Path, layout: str, flags: ScheduleFlags | None, allow_pickle: bool) -> ExportSource:
+    """An ExportSource from a diffusers pipeline or bare UNet folder."""
+    unet_dir = path / "unet" if layout == "pipeline" else path
+    unet, config = load_unet(unet_dir, allow_pickle)
+    size = config["sample_size"]
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    shape = (int(config["in_channels"]), h, w)
+    sched = path / "scheduler" / "scheduler_config.json"
+    notes: list[str] = []
+    if layout == "pipeline" and sched.is_file():
+        spec, notes = spec_from_scheduler(_read_json(sched), shape, sched)
+        if flags is not None:
+            notes.append("schedule flags ignored: the pipeline's scheduler config defines the schedule")
+    else:
+        if flags is None:
+            notes.append("no scheduler config and no schedule flags: assuming DDPM linear betas "
+                         "1e-4..0.02, T=1000, epsilon (set --schedule etc. to change)")
+            flags = ScheduleFlags()
+        spec = flags.diffusion_spec(shape)
+        if spec.sample_shape[0] != shape[0]:
+            raise SourceError(f"--sample-shape {spec.sample_shape} does not match the UNet's in_channels {shape[0]}")
+    info = {"diffusers_class": UNET_CLASS, "unet_config": {k: v for k, v in config.items() if not k.startswith("_")}}
+    return ExportSource(_wrap(unet), spec, "diffusers", str(path.resolve()), notes, info)

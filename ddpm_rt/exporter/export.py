@@ -1,0 +1,168 @@
+"""Export one resolved source to a verified bundle directory, atomically.
+
+    trace (TorchScript exporter) → denoiser.onnx (fp32)
+    → onnx.checker → ORT vs eager at batch 1 and 4, early/middle/late t → trajectory error
+    → [fp16: convert, check and measure again]
+    → manifest into metadata_props → sha256 of the final file → ddpm_rt.json
+
+Everything is written in a temporary sibling directory that replaces `out` only at the
+end, so an interrupted or failed export leaves no bundle that looks valid.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ddpm_rt.errors import ConfigError
+from ddpm_rt.exporter.contract import CONTRACT, MIN_OPSET
+from ddpm_rt.exporter.manifest import (
+    MANIFEST_FILE,
+    METADATA_KEY,
+    ONNX_FILE,
+    PRECISIONS,
+    build_manifest,
+    dumps,
+    sha256_file,
+    with_hash,
+)
+from ddpm_rt.exporter.parity import DEFAULT_TOLERANCE, TRAJECTORY_STEPS
+from ddpm_rt.exporter.sources import ExportSource
+
+StatusFn = Callable[[str], None]
+
+
+def stderr_status(message: str) -> None:
+    sys.stderr.write(f"export: {message}\n")
+    sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "fp32"  # fp32 | fp16 (graph precision; I/O stays float32)
+    opset: int = MIN_OPSET
+    verify: bool = True
+    tolerance: float | None = None  # single-call max-abs; None = per-precision default
+    trajectory_steps: int = TRAJECTORY_STEPS  # 0 = skip the trajectory comparison
+    trajectory_batch: int = 2
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.opset < MIN_OPSET:
+            raise ConfigError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
+        if self.tolerance is not None and not self.tolerance > 0:
+            raise ConfigError(f"--tolerance must be > 0, got {self.tolerance}")
+        if self.trajectory_steps < 0:
+            raise ConfigError(f"--trajectory-steps must be >= 0, got {self.trajectory_steps}")
+
+    @property
+    def effective_tolerance(self) -> float:
+        return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse to replace anything that is not an earlier bundle (or an empty folder)."""
+    if out.is_file():
+        raise ConfigError(f"--out {out} is a file; give a directory path for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise ConfigError(f"--out {out} exists and is not a bundle; choose a new or empty directory")
+
+
+def _fmt(figures: dict[str, Any]) -> str:
+    return f"max-abs {figures['max_abs']:.3g}, max-rel {figures['max_rel']:.3g}"
+
+
+def export_bundle(
+    src: ExportSource,
+    out: Path,
+    options: ExportOptions | None = None,
+    status: StatusFn = stderr_status,
+    extra_manifest: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the bundle for `src` to `out` and return its manifest (with hash)."""
+    import onnx
+
+    from ddpm_rt.exporter import parity as P
+    from ddpm_rt.exporter.onnx_export import (
+        export_onnx,
+        macs_per_sample,
+        parameter_count,
+        set_metadata,
+    )
+    from ddpm_rt.fsutil import atomic_directory
+
+    options = options or ExportOptions()
+    out = Path(out)
+    check_out_dir(out)
+    contract = replace(CONTRACT, opset=options.opset)
+    spec = src.spec
+    tol = options.effective_tolerance
+    batches = (contract.min_batch, contract.opt_batch)
+    params = int(sum(p.numel() for p in src.module.parameters()))
+    t_trace = P.probe_timesteps(spec)[len(P.probe_timesteps(spec)) // 2]
+
+    with atomic_directory(out) as tmp:
+        t0 = time.perf_counter()
+        status(f"tracing {src.kind}:{src.ref} ({params / 1e6:.2f}M parameters, opset {contract.opset}, torchscript exporter)")
+        fp32_path = tmp / (ONNX_FILE if options.precision == "fp32" else "denoiser.fp32.onnx")
+        export_onnx(src.module, spec.sample_shape, t_trace, fp32_path, contract)
+        model = onnx.load(str(fp32_path))
+        graph = {"parameters": params, "onnx_parameters": parameter_count(model),
+                 "macs_per_sample": macs_per_sample(model), "nodes": len(model.graph.node)}
+        status(f"exported in {time.perf_counter() - t0:.1f}s ({len(model.graph.node)} nodes)")
+        reference = P.TorchModel(src.module)
+        parity: dict[str, Any] | None = None
+        if options.verify:
+            t1 = time.perf_counter()
+            P.check_graph(fp32_path)
+            ort32 = P.OrtModel(fp32_path)
+            calls32 = P.call_parity(reference, ort32, spec, batches)
+            status(f"fp32 graph vs eager, batch {batches}, t {P.probe_timesteps(spec)}: {_fmt(calls32)}")
+            if options.precision == "fp32":
+                P.check_tolerance(calls32, tol, "the ONNX graph")
+            parity = {"precision": options.precision, "tolerance": tol, "max_abs": calls32["max_abs"],
+                      "max_rel": calls32["max_rel"], "calls": calls32["calls"], "trajectory": {}}
+            if options.trajectory_steps:
+                traj = P.trajectory_parity(reference, ort32, spec, options.trajectory_steps, options.trajectory_batch)
+                parity["trajectory"]["fp32"] = traj
+                status(f"fp32 graph {traj['sampler']}-{traj['steps']} trajectory vs eager: {_fmt(traj)}")
+            del ort32
+            status(f"verified in {time.perf_counter() - t1:.1f}s")
+        if options.precision == "fp16":
+            from ddpm_rt.exporter.fp16 import to_fp16
+
+            model = to_fp16(model, contract.t_name)
+            onnx.save(model, str(tmp / ONNX_FILE))
+            fp32_path.unlink()
+            if options.verify:
+                assert parity is not None
+                P.check_graph(tmp / ONNX_FILE)
+                ort16 = P.OrtModel(tmp / ONNX_FILE)
+                calls16 = P.call_parity(reference, ort16, spec, batches)
+                status(f"fp16 graph vs eager fp32: {_fmt(calls16)}")
+                P.check_tolerance(calls16, tol, "the fp16 ONNX graph")
+                parity |= {"fp32_graph": {k: calls32[k] for k in ("max_abs", "max_rel")},
+                           "max_abs": calls16["max_abs"], "max_rel": calls16["max_rel"],
+                           "calls": calls16["calls"]}
+                if options.trajectory_steps:
+                    traj = P.trajectory_parity(reference, ort16, spec, options.trajectory_steps,
+                                               options.trajectory_batch)
+                    parity["trajectory"]["fp16"] = traj
+                    status(f"fp16 graph {traj['sampler']}-{traj['steps']} trajectory vs eager fp32: {_fmt(traj)}")
+                del ort16
+        manifest = build_manifest(
+            source=src.source_entry, spec=spec.to_dict(), io=contract.to_dict(spec.sample_shape),
+            opset=contract.opset, precision=options.precision, graph=graph, parity=parity,
+            exporter="torchscript", extra=extra_manifest,
+        )
+        set_metadata(model, METADATA_KEY, dumps(manifest, indent=None))
+        onnx.save(model, str(tmp / ONNX_FILE))
+        manifest = with_hash(manifest, sha256_file(tmp / ONNX_FILE))
+        (tmp / MANIFEST_FILE).write_text(dumps(manifest))
+    status(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+    return manifest

@@ -1,0 +1,91 @@
+"""A summary of a bundle or self-describing .onnx: manifest, graph I/O, size, FLOPs, parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ddpm_rt.exporter.bundle import graph_io, load_bundle
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Everything `ddpm-rt inspect` prints, as plain JSON-able data."""
+    import onnx
+
+    from ddpm_rt.exporter.onnx_export import macs_per_sample, parameter_count
+
+    bundle = load_bundle(path)
+    model = onnx.load(str(bundle.onnx_path))
+    m = bundle.manifest
+    graph = dict(m.get("graph") or {})
+    if "onnx_parameters" not in graph:
+        graph["onnx_parameters"] = parameter_count(model)
+    if graph.get("macs_per_sample") is None:
+        graph["macs_per_sample"] = macs_per_sample(model)
+    spec = m["spec"]
+    return {
+        "path": str(bundle.onnx_path),
+        "hash_checked": bundle.hash_checked,
+        "format_version": m["format_version"],
+        "source": m.get("source"),
+        "precision": m.get("precision", "fp32"),
+        "opset": m.get("opset"),
+        "exporter": m.get("exporter"),
+        "versions": m.get("versions"),
+        "schedule": {k: v for k, v in spec["schedule"].items() if k != "betas"},
+        "prediction_type": spec["prediction_type"],
+        "timestep_meaning": spec["timestep_meaning"],
+        "sample_shape": spec["sample_shape"],
+        "data_range": spec.get("data_range"),
+        "clip": spec.get("clip"),
+        "sampler_defaults": spec.get("sampler_defaults"),
+        "io": graph_io(model),
+        "graph": {**graph, "file_bytes": bundle.onnx_path.stat().st_size},
+        "parity": m.get("parity"),
+    }
+
+
+def _human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "unknown"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def format_text(d: dict[str, Any]) -> str:
+    """The human-readable form."""
+    src = d["source"] or {}
+    sched = d["schedule"]
+    params = ", ".join(f"{k}={v}" for k, v in sched.items() if k != "kind")
+    lines = [
+        f"bundle    {d['path']}{'' if d['hash_checked'] else '  (bare .onnx: hash not checked)'}",
+        f"source    {src.get('kind')}: {src.get('ref')}",
+        f"format    v{d['format_version']}, opset {d['opset']}, {d['precision']} graph, {d['exporter']} exporter",
+        f"schedule  {sched['kind']} ({params})",
+        f"model     predicts {d['prediction_type']}; t = {d['timestep_meaning']}; sample {d['sample_shape']}, "
+        f"data range {d['data_range']}, clip {d['clip']}",
+    ]
+    if d["sampler_defaults"]:
+        lines.append(f"sampler   defaults {d['sampler_defaults']}")
+    lines.append("graph I/O")
+    for name, io in d["io"].items():
+        lines.append(f"  {io['kind']:<6} {name:<4} {io['dtype']:<8} {io['shape']}")
+    g = d["graph"]
+    macs = g.get("macs_per_sample")
+    lines.append(
+        f"size      {_human(g.get('parameters') or g.get('onnx_parameters'))} parameters, "
+        f"{_human(g['file_bytes'], 'B')} file, {_human(macs, 'MAC')} per sample "
+        f"(~{_human(None if macs is None else 2 * macs, 'FLOP')})"
+    )
+    p = d["parity"]
+    if p is None:
+        lines.append("parity    not verified (exported with --no-verify)")
+    else:
+        lines.append(f"parity    vs eager PyTorch: max-abs {p['max_abs']:.3g}, max-rel {p['max_rel']:.3g} "
+                     f"(tolerance {p['tolerance']:g}, {len(p.get('calls', []))} calls)")
+        for name, tr in (p.get("trajectory") or {}).items():
+            lines.append(f"  {name} graph {tr['sampler']}-{tr['steps']} trajectory (batch {tr['batch']}): "
+                         f"max-abs {tr['max_abs']:.3g}, max-rel {tr['max_rel']:.3g}, rms {tr['rms']:.3g}")
+    return "\n".join(lines)

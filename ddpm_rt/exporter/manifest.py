@@ -1,0 +1,92 @@
+"""The bundle manifest (`ddpm_rt.json`): what a host needs besides the graph itself.
+
+The same JSON, minus `onnx_sha256` (a file cannot contain its own hash), is stored in
+the ONNX `metadata_props` under the key `ddpm_rt`, so a bare .onnx is self-describing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+FORMAT = "ddpm-rt-bundle"
+FORMAT_VERSION = 1
+EXPORTER_VERSION = "1"  # bump when the exported graph changes for the same weights (invalidates caches)
+ONNX_FILE = "denoiser.onnx"
+MANIFEST_FILE = "ddpm_rt.json"
+METADATA_KEY = "ddpm_rt"
+SOURCE_KINDS = ("builtin", "checkpoint", "diffusers", "module")
+PRECISIONS = ("fp32", "fp16")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the tools that produced (or read) a bundle."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    import ddpm_rt
+
+    return {
+        "ddpm_rt": getattr(ddpm_rt, "__version__", "unknown"),
+        "exporter": EXPORTER_VERSION,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def build_manifest(
+    *,
+    source: dict[str, str],
+    spec: dict[str, Any],
+    io: dict[str, Any],
+    opset: int,
+    precision: str,
+    graph: dict[str, Any],
+    parity: dict[str, Any] | None,
+    exporter: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest without its hash (add it with `with_hash` once the .onnx is final)."""
+    assert source.get("kind") in SOURCE_KINDS, source
+    assert precision in PRECISIONS, precision
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source": dict(source),
+        "spec": spec,
+        "io": io,
+        "onnx_file": ONNX_FILE,
+        "opset": opset,
+        "precision": precision,
+        "graph": graph,  # parameter count, MACs per sample, ...
+        "parity": parity,  # None when exported with --no-verify
+        "exporter": exporter,  # "torchscript" | "dynamo"
+        "versions": versions(),
+        **(extra or {}),
+    }
+
+
+def with_hash(manifest: dict[str, Any], sha256: str) -> dict[str, Any]:
+    return {**manifest, "onnx_sha256": sha256}
+
+
+def without_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in manifest.items() if k != "onnx_sha256"}
+
+
+def dumps(manifest: dict[str, Any], indent: int | None = 2) -> str:
+    return json.dumps(manifest, indent=indent, sort_keys=False) + ("\n" if indent else "")

@@ -1,0 +1,166 @@
+"""torch → ONNX for one denoiser, following `GraphContract`.
+
+We use the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`): on the models
+here it is several times faster than the dynamo exporter, handles diffusers' UNet2DModel
+without graph breaks, and emits GroupNorm as Reshape → InstanceNormalization → Reshape →
+Mul → Add, the pattern ONNX Runtime's GroupNorm fusion recognises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ddpm_rt.errors import ExportError
+from ddpm_rt.exporter.contract import MIN_OPSET, GraphContract
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+TRACE_BATCH = 2  # trace at batch 2 so no size-1 broadcast gets baked into the graph
+
+
+def _denoiser_wrapper(module: torch.nn.Module) -> torch.nn.Module:
+    import torch
+
+    class Denoiser(torch.nn.Module):
+        """forward(x float32 [B, ...], t float32 [B]) -> float32 [B, ...]."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.inner(x, t).to(torch.float32)
+
+    return Denoiser(module).eval()
+
+
+def example_inputs(sample_shape: tuple[int, ...], t_value: float, batch: int = TRACE_BATCH):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, *sample_shape), generator=g)
+    t = torch.full((batch,), float(t_value), dtype=torch.float32)
+    return x, t
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    sample_shape: tuple[int, ...],
+    t_value: float,
+    path: Path,
+    contract: GraphContract,
+) -> None:
+    """Export `module` (eval, fp32, CPU) to `path` with a dynamic batch axis; ExportError on failure."""
+    import torch
+
+    if contract.opset < MIN_OPSET:
+        raise ExportError(f"opset {contract.opset} is too old; use --opset {MIN_OPSET} or newer")
+    wrapped = _denoiser_wrapper(module)
+    x, t = example_inputs(sample_shape, t_value)
+    try:
+        with torch.no_grad():
+            out = wrapped(x, t)
+    except Exception as e:  # noqa: BLE001 - any failure of user code is an export error
+        raise ExportError(
+            f"the model failed on inputs x{tuple(x.shape)} t{tuple(t.shape)} float32: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    if tuple(out.shape) != tuple(x.shape):
+        raise ExportError(
+            f"the model output has shape {tuple(out.shape)}, expected the input shape {tuple(x.shape)} "
+            "(a denoiser maps x to a tensor of the same shape)"
+        )
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped,
+                (x, t),
+                str(path),
+                input_names=list(contract.input_names),
+                output_names=list(contract.output_names),
+                dynamic_axes=contract.dynamic_axes(),
+                opset_version=contract.opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set (replace) one entry of the model's metadata_props."""
+    for prop in list(model.metadata_props):
+        if prop.key == key:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
+def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            return prop.value
+    return None
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    """Elements in the graph's floating-point initializers (the weights)."""
+    return int(sum(int(np.prod(init.dims)) for init in model.graph.initializer if init.data_type in (1, 10, 11, 16)))
+
+
+def _dims(value_info) -> list[int] | None:
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+    return None if any(d is None for d in dims) else dims
+
+
+def macs_per_sample(model: onnx.ModelProto) -> int | None:
+    """Multiply-accumulates of Conv / ConvTranspose / MatMul / Gemm at batch 1 (None if unknown).
+
+    Shape inference runs on a copy with the batch axis fixed to 1; element-wise ops are ignored.
+    """
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in (*m.graph.input, *m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    del m.graph.value_info[:]
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:  # noqa: BLE001 - FLOPs are a nicety
+        return None
+    shapes: dict[str, list[int] | None] = {}
+    for vi in (*m.graph.input, *m.graph.value_info, *m.graph.output):
+        shapes[vi.name] = _dims(vi)
+    for init in m.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    total = 0
+    for node in m.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+        out = shapes.get(node.output[0])
+        if a is None or b is None or out is None:
+            return None
+        if node.op_type == "Conv":  # W [Cout, Cin/g, kh, kw]: each output element costs Cin/g·kh·kw
+            total += int(np.prod(out)) * int(np.prod(b[1:]))
+        elif node.op_type == "ConvTranspose":  # W [Cin, Cout/g, kh, kw]: each input element fans out
+            total += int(np.prod(a)) * int(np.prod(b[1:]))
+        elif node.op_type == "MatMul":
+            total += int(np.prod(out)) * a[-1]
+        else:
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            total += int(np.prod(out)) * (a[0] if trans_a else a[-1])
+    return total

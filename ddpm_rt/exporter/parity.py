@@ -1,0 +1,140 @@
+"""Verification of an exported graph: onnx.checker, then ONNX Runtime against eager PyTorch.
+
+Errors are reported as
+
+    max_abs = max |ort - torch|
+    max_rel = max_abs / max |torch|      (relative to the output's scale, not per element,
+                                          so outputs near zero do not blow it up)
+
+for single calls (batch 1 and a larger batch, at the early / middle / late timesteps of the
+model's own sampling plan) and for a whole sampling trajectory with the same noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddpm_rt.errors import ExportError
+from ddpm_rt.plan import SamplingPlan
+from ddpm_rt.runtime.loop import initial_noise, sample_loop
+from ddpm_rt.spec import DiffusionSpec
+
+if TYPE_CHECKING:
+    import torch
+
+ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+TRAJECTORY_STEPS = 50
+
+
+def check_graph(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"onnx.checker rejected {path.name}: {str(e).strip().splitlines()[0]}") from None
+
+
+class OrtModel:
+    """An ONNX Runtime CPU session as a ``(x, t) -> out`` callable."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise ExportError(f"ONNX Runtime cannot load {path.name}: {str(e).strip().splitlines()[0]}") from None
+        self.x_name, self.t_name = (i.name for i in self.session.get_inputs())
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.x_name: x, self.t_name: t})[0]
+
+
+class TorchModel:
+    """An eager fp32 module as a ``(x, t) -> out`` callable on numpy arrays."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module.eval()
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x), torch.from_numpy(t)).float().numpy()
+
+
+def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    if got.shape != ref.shape:
+        raise ExportError(f"ONNX output shape {got.shape} differs from the PyTorch output shape {ref.shape}")
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    max_abs = float(diff.max()) if np.all(np.isfinite(got)) else float("inf")
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return {"max_abs": max_abs, "max_rel": max_abs / max(scale, 1e-12),
+            "rms": float(np.sqrt(np.mean(diff**2)))}
+
+
+def verification_plan(spec: DiffusionSpec, steps: int = TRAJECTORY_STEPS) -> SamplingPlan:
+    """The model's default sampler at up to `steps` steps (interp models need exactly T)."""
+    T = spec.schedule.num_train_timesteps
+    n = None if spec.schedule.family == "interp" else min(steps, T)
+    return spec.plan(spec.sampler(n))
+
+
+def probe_timesteps(spec: DiffusionSpec) -> list[float]:
+    """Early, middle and late model `t` values from the model's own sampling plan."""
+    ts = verification_plan(spec).timesteps
+    picks = [float(ts[0]), float(ts[len(ts) // 2]), float(ts[-1])]
+    return list(dict.fromkeys(picks))
+
+
+def call_parity(
+    reference: ModelFn, candidate: ModelFn, spec: DiffusionSpec, batches: tuple[int, ...], seed: int = 0
+) -> dict[str, Any]:
+    """Single-call errors at each batch size and probe timestep; worst case on top."""
+    rng = np.random.default_rng(seed)
+    calls = []
+    for batch in batches:
+        for t_value in probe_timesteps(spec):
+            x = initial_noise((batch, *spec.sample_shape), rng)
+            t = np.full((batch,), t_value, dtype=np.float32)
+            err = _errors(candidate(x, t), reference(x, t))
+            calls.append({"batch": batch, "t": t_value, "max_abs": err["max_abs"], "max_rel": err["max_rel"]})
+    return {
+        "max_abs": max(c["max_abs"] for c in calls),
+        "max_rel": max(c["max_rel"] for c in calls),
+        "calls": calls,
+    }
+
+
+def trajectory_parity(
+    reference: ModelFn, candidate: ModelFn, spec: DiffusionSpec, steps: int = TRAJECTORY_STEPS,
+    batch: int = 2, seed: int = 0,
+) -> dict[str, Any]:
+    """Final-sample error of a whole sampling run (same initial and per-step noise) vs `reference`."""
+    plan = verification_plan(spec, steps)
+    rng = np.random.default_rng(seed)
+    x_init = initial_noise((batch, *spec.sample_shape), rng)
+    noise = rng.standard_normal((plan.steps, batch, *spec.sample_shape), dtype=np.float32)
+    ref = sample_loop(reference, plan, x_init, noise=noise)
+    got = sample_loop(candidate, plan, x_init, noise=noise)
+    return {"sampler": plan.sampler.sampler, "steps": plan.steps, "batch": batch, **_errors(got, ref)}
+
+
+def check_tolerance(figures: dict[str, Any], tolerance: float, what: str) -> None:
+    if not figures["max_abs"] <= tolerance:  # also catches NaN / inf
+        worst = max(figures["calls"], key=lambda c: c["max_abs"])
+        raise ExportError(
+            f"{what} differs from eager PyTorch by max-abs {figures['max_abs']:.3g} "
+            f"(batch {worst['batch']}, t={worst['t']:g}) > tolerance {tolerance:g}; "
+            "check the model for data-dependent control flow, or raise --tolerance"
+        )

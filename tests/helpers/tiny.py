@@ -1,0 +1,74 @@
+"""Tiny denoisers for export tests, importable as `tests.helpers.tiny:make` etc."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class TinyConv(nn.Module):
+    """eps = f(x [B, 1, 8, 8], t [B]): conv, GroupNorm, sinusoidal time, softmax attention."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(1, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(4, channels)
+        self.time = nn.Linear(16, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, 1, 3, padding=1)
+        self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(8) / 8))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        args = t[:, None] * self.freqs[None]  # (B, 8)
+        emb = self.time(torch.cat([args.sin(), args.cos()], dim=1))  # (B, C)
+        h = torch.nn.functional.silu(self.norm(self.inp(x))) + emb[:, :, None, None]  # (B, C, H, W)
+        b, c, hh, ww = h.shape
+        q, k, v = self.qkv(h).reshape(b, 3, c, hh * ww).unbind(1)  # (B, C, HW) each
+        attn = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(c), dim=-1)  # (B, HW, HW)
+        h = h + (v @ attn.transpose(1, 2)).reshape(b, c, hh, ww)
+        return self.out(h)
+
+
+class TinyMLP(nn.Module):
+    """eps = f(x [B, 2], t [B])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 32), nn.SiLU(), nn.Linear(32, 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t[:, None] / 40.0], dim=1))
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor value: tracing bakes in one branch, so ONNX disagrees with eager."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if bool(t[0] > 20):
+            return self.lin(x) * 2.0
+        return self.lin(x)
+
+
+def make() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyConv()
+
+
+def make_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyMLP()
+
+
+def make_data_dependent() -> nn.Module:
+    torch.manual_seed(0)
+    return DataDependent()
+
+
+def not_a_module() -> int:
+    return 3
