@@ -171,12 +171,12 @@ def _tensor_info(name: str, sample_shape: Iterable[int], dtype: int = TensorProt
 def _model(graph: onnx.GraphProto, denoiser: onnx.ModelProto, opset: int,
            metadata: dict[str, str]) -> onnx.ModelProto:
     others = [o for o in denoiser.opset_import if o.domain not in ("", "ai.onnx")]
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", opset), *others],
-        producer_name="ddpm-rt export-sampler",
-        ir_version=max(denoiser.ir_version, 8),
-    )
+    opsets = [helper.make_opsetid("", opset), *others]
+    # the lowest IR version the opsets allow (8 for model-local functions), so that older
+    # ONNX Runtime builds in hosts (Node, C++) load it; not the newest the onnx package writes
+    ir = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 8 if denoiser.functions else 0)
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="ddpm-rt export-sampler",
+                              ir_version=ir)
     model.functions.extend(denoiser.functions)  # model-local functions the denoiser calls
     helper.set_model_props(model, metadata)
     return model

@@ -1,0 +1,307 @@
+#!/usr/bin/env node
+// Run a ddpm-rt sampler graph (from `ddpm-rt export-sampler`) with ONNX Runtime for Node.js.
+//
+//   node sample.mjs --model sampler.onnx --out x0.npy [--x-init x_T.npy] [--noise z.npy]
+//                   [--batch B --seed S] [--start K] [--stop M] [--threads T]
+//
+// Everything the host needs is read from the model's metadata_props (key `ddpm_rt_sampler`):
+// which graph it is (step | loop), the input names, dtypes and shapes, the step count and which
+// steps draw noise. Inputs are validated against it before ONNX Runtime is called; a bad input
+// ends with one `error: ...` line on stderr and exit code 2.
+//
+// Files are NumPy .npy, float32 little-endian, C order:
+//   --x-init  [B, ...sample_shape]          x_T ~ N(0, I) (or the sample after `--start` steps)
+//   --noise   [steps, B, ...sample_shape]   row i is z at step i, used only where sigma_i > 0
+// Without --x-init / --noise the host draws them from its own seeded normal RNG
+// (not NumPy's stream: pass files to reproduce a Python run exactly).
+
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import ort from 'onnxruntime-node';
+
+const SAMPLER_KEY = 'ddpm_rt_sampler';
+const SUPPORTED_FORMAT = 1;
+
+class InputError extends Error {}
+
+// ---------------------------------------------------------------- ONNX metadata_props
+// onnxruntime-node does not expose ModelMetadata, so read the ModelProto's metadata_props
+// (field 14, repeated StringStringEntryProto {key = 1, value = 2}) straight from the protobuf.
+
+function readVarint(buf, pos) {
+  let value = 0;
+  let scale = 1;
+  for (;;) {
+    if (pos >= buf.length) throw new InputError('truncated protobuf varint: not an ONNX file?');
+    const b = buf[pos++];
+    value += (b & 0x7f) * scale;
+    if (b < 0x80) return [value, pos];
+    scale *= 128;
+  }
+}
+
+function* protoFields(buf, start = 0, end = buf.length) {
+  let pos = start;
+  while (pos < end) {
+    let key;
+    [key, pos] = readVarint(buf, pos);
+    const field = Math.floor(key / 8);
+    const wire = key & 7;
+    if (wire === 0) {
+      [, pos] = readVarint(buf, pos);
+    } else if (wire === 1) {
+      pos += 8;
+    } else if (wire === 5) {
+      pos += 4;
+    } else if (wire === 2) {
+      let len;
+      [len, pos] = readVarint(buf, pos);
+      if (pos + len > end) throw new InputError('truncated protobuf field: not an ONNX file?');
+      yield [field, pos, pos + len];
+      pos += len;
+    } else {
+      throw new InputError(`unsupported protobuf wire type ${wire}: not an ONNX file?`);
+    }
+  }
+}
+
+function onnxMetadata(buf) {
+  const props = {};
+  for (const [field, s, e] of protoFields(buf)) {
+    if (field !== 14) continue;
+    let key = '';
+    let value = '';
+    for (const [f, a, b] of protoFields(buf, s, e)) {
+      if (f === 1) key = buf.toString('utf8', a, b);
+      else if (f === 2) value = buf.toString('utf8', a, b);
+    }
+    props[key] = value;
+  }
+  return props;
+}
+
+// ---------------------------------------------------------------- .npy float32 I/O
+
+function readNpy(path, what) {
+  let buf;
+  try {
+    buf = readFileSync(path);
+  } catch (e) {
+    throw new InputError(`cannot read ${what} ${path}: ${e.code ?? e.message}`);
+  }
+  if (buf.length < 10 || buf.toString('latin1', 0, 6) !== '\x93NUMPY') {
+    throw new InputError(`${what} ${path} is not a .npy file (save it with numpy.save)`);
+  }
+  const major = buf[6];
+  const hlen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
+  const off = major === 1 ? 10 + hlen : 12 + hlen;
+  const header = buf.toString('latin1', major === 1 ? 10 : 12, off);
+  const descr = /'descr':\s*'([^']*)'/.exec(header)?.[1];
+  const fortran = /'fortran_order':\s*(True|False)/.exec(header)?.[1];
+  const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
+  if (descr === undefined || fortran === undefined || shapeText === undefined) {
+    throw new InputError(`${what} ${path} has a malformed .npy header`);
+  }
+  if (descr !== '<f4') {
+    throw new InputError(`${what} ${path} has dtype ${descr}; it must be float32 ('<f4'): save x.astype(numpy.float32)`);
+  }
+  if (fortran === 'True') {
+    throw new InputError(`${what} ${path} is Fortran-ordered; save numpy.ascontiguousarray(x)`);
+  }
+  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length).map(Number);
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (buf.length - off !== count * 4) {
+    throw new InputError(`${what} ${path}: header says shape [${shape}] but the file holds ${(buf.length - off) / 4} floats`);
+  }
+  // copy into a fresh, aligned buffer (the file buffer may sit at any byte offset)
+  const data = new Float32Array(count);
+  new Uint8Array(data.buffer).set(buf.subarray(off, off + count * 4));
+  return { data, shape };
+}
+
+function writeNpy(path, data, shape) {
+  const shapeText = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': ${shapeText}, }`;
+  const pad = 64 - ((10 + header.length + 1) % 64);
+  header += ' '.repeat(pad % 64) + '\n';
+  const head = Buffer.alloc(10);
+  head.write('\x93NUMPY', 0, 'latin1');
+  head[6] = 1;
+  head[7] = 0;
+  head.writeUInt16LE(header.length, 8);
+  const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, Buffer.concat([head, Buffer.from(header, 'latin1'), body]));
+  renameSync(tmp, path); // atomic: readers never see half a file
+}
+
+// ---------------------------------------------------------------- normal RNG (when no files)
+
+function normalRng(seed) {
+  // splitmix32 -> uniform in (0, 1) -> Box-Muller
+  let s = seed >>> 0;
+  const uniform = () => {
+    s = (s + 0x9e3779b9) >>> 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+    z = (z ^ (z >>> 16)) >>> 0;
+    return (z + 0.5) / 4294967296;
+  };
+  return (n) => {
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i += 2) {
+      const r = Math.sqrt(-2 * Math.log(uniform()));
+      const th = 2 * Math.PI * uniform();
+      out[i] = r * Math.cos(th);
+      if (i + 1 < n) out[i + 1] = r * Math.sin(th);
+    }
+    return out;
+  };
+}
+
+// ---------------------------------------------------------------- arguments
+
+const USAGE = 'usage: node sample.mjs --model FILE.onnx --out OUT.npy [--x-init X.npy] [--noise Z.npy] '
+  + '[--batch B] [--seed S] [--start K] [--stop M] [--threads T]';
+
+function parseArgs(argv) {
+  const opts = { seed: '0' };
+  const known = ['model', 'out', 'x-init', 'noise', 'batch', 'seed', 'start', 'stop', 'threads'];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help' || a === '-h') {
+      console.log(USAGE);
+      process.exit(0);
+    }
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
+    if (!m || !known.includes(m[1])) throw new InputError(`unknown argument ${a}; ${USAGE}`);
+    const value = m[2] ?? argv[++i];
+    if (value === undefined) throw new InputError(`--${m[1]} needs a value`);
+    opts[m[1]] = value;
+  }
+  for (const req of ['model', 'out']) {
+    if (!opts[req]) throw new InputError(`--${req} is required; ${USAGE}`);
+  }
+  return opts;
+}
+
+function intOption(opts, name, min, max) {
+  if (opts[name] === undefined) return undefined;
+  const v = Number(opts[name]);
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new InputError(`--${name} must be an integer in [${min}, ${max}], got ${opts[name]}`);
+  }
+  return v;
+}
+
+function sameShape(a, b) {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+// ---------------------------------------------------------------- the sampler
+
+function readSamplerGraph(path) {
+  let bytes;
+  try {
+    bytes = readFileSync(path);
+  } catch (e) {
+    throw new InputError(`cannot read model ${path}: ${e.code ?? e.message}`);
+  }
+  const props = onnxMetadata(bytes);
+  if (!(SAMPLER_KEY in props)) {
+    throw new InputError(`${path} has no '${SAMPLER_KEY}' metadata: export a sampler graph with \`ddpm-rt export-sampler\``);
+  }
+  let desc;
+  try {
+    desc = JSON.parse(props[SAMPLER_KEY]);
+  } catch {
+    throw new InputError(`${path}: '${SAMPLER_KEY}' metadata is not valid JSON`);
+  }
+  if (desc.format !== SUPPORTED_FORMAT || !['step', 'loop'].includes(desc.graph)) {
+    throw new InputError(`${path}: sampler format ${desc.format} / graph ${desc.graph} is not supported by this host (format ${SUPPORTED_FORMAT})`);
+  }
+  return { bytes, desc };
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const { bytes, desc } = readSamplerGraph(opts.model);
+  const steps = desc.steps;
+  const sampleShape = desc.sample_shape;
+  const perSample = sampleShape.reduce((a, b) => a * b, 1);
+  const start = intOption(opts, 'start', 0, steps) ?? 0;
+  const stop = intOption(opts, 'stop', 0, steps) ?? steps;
+  if (start >= stop) throw new InputError(`--start (${start}) must be < --stop (${stop}); the plan has steps 0..${steps - 1}`);
+  if (desc.graph === 'loop' && (start !== 0 || stop !== steps)) {
+    throw new InputError(`the full-loop graph always runs all ${steps} steps; --start/--stop need a step graph`);
+  }
+  const threads = intOption(opts, 'threads', 1, 1024);
+  const rng = normalRng(intOption(opts, 'seed', 0, 2 ** 32 - 1));
+
+  // x_init: [B, ...sample_shape]
+  let x;
+  let batch;
+  if (opts['x-init']) {
+    const arr = readNpy(opts['x-init'], '--x-init');
+    batch = arr.shape[0];
+    if (arr.shape.length !== sampleShape.length + 1 || !sameShape(arr.shape.slice(1), sampleShape) || !(batch >= 1)) {
+      throw new InputError(`--x-init has shape [${arr.shape}]; this graph needs [batch, ${sampleShape}] (batch >= 1)`);
+    }
+    x = arr.data;
+  } else {
+    batch = intOption(opts, 'batch', 1, 1 << 20) ?? 1;
+    x = rng(batch * perSample);
+  }
+  const xDims = [batch, ...sampleShape];
+
+  // per-step noise: [steps, B, ...sample_shape]; only rows with sigma_i > 0 are read
+  let noise = null;
+  const noisy = new Set(desc.noise_steps);
+  if (opts.noise) {
+    if (desc.graph === 'loop') throw new InputError('the full-loop graph is deterministic and takes no --noise');
+    const arr = readNpy(opts.noise, '--noise');
+    if (!sameShape(arr.shape, [steps, ...xDims])) {
+      throw new InputError(`--noise has shape [${arr.shape}]; this graph needs [${[steps, ...xDims]}] (steps, batch, ...sample)`);
+    }
+    noise = arr.data;
+  }
+
+  const options = { executionProviders: ['cpu'], logSeverityLevel: 3 };
+  if (threads !== undefined) options.intraOpNumThreads = threads;
+  const session = await ort.InferenceSession.create(bytes, options);
+  const inputNames = desc.inputs.map((i) => i.name);
+  const outputName = desc.outputs[0].name;
+  const t0 = performance.now();
+  if (desc.graph === 'loop') {
+    const feeds = { [inputNames[0]]: new ort.Tensor('float32', x, xDims) };
+    const res = await session.run(feeds);
+    x = res[outputName].data;
+  } else {
+    const [xName, stepName, noiseName] = inputNames;
+    const zeros = new Float32Array(batch * perSample);
+    const n = batch * perSample;
+    for (let i = start; i < stop; i++) {
+      let z = zeros;
+      if (noisy.has(i)) z = noise ? noise.subarray(i * n, (i + 1) * n) : rng(n);
+      const res = await session.run({
+        [xName]: new ort.Tensor('float32', x, xDims),
+        [stepName]: new ort.Tensor('int64', BigInt64Array.of(BigInt(i)), []),
+        [noiseName]: new ort.Tensor('float32', z, xDims),
+      });
+      x = res[outputName].data;
+    }
+  }
+  const ms = performance.now() - t0;
+  writeNpy(opts.out, x, xDims);
+  console.log(JSON.stringify({
+    graph: desc.graph, sampler: desc.sampler, steps_run: stop - start, start, stop, batch,
+    run_ms: Number(ms.toFixed(3)), out: opts.out, ort: ort.env.versions?.node,
+  }));
+}
+
+main().catch((e) => {
+  const msg = String(e?.message ?? e).split('\n')[0];
+  process.stderr.write(`error: ${msg}\n`);
+  process.exit(e instanceof InputError ? 2 : 1);
+});
