@@ -28,6 +28,9 @@ app = typer.Typer(
 COMMANDS: list[tuple[str, str, str]] = [
     ("sample", "sample", "sample"),
     # -- registered commands (one line each; keep this marker) --
+    ("build", "build", "build"),
+    ("doctor", "doctor", "doctor"),
+    ("selfcheck", "selfcheck", "selfcheck"),
     ("export", "export", "export"),
     ("inspect", "inspect", "inspect"),
     ("export-sampler", "export_sampler", "export_sampler"),

@@ -1,0 +1,248 @@
+"""The reverse loop with every buffer on the device, optionally captured whole in one CUDA graph.
+
+Shared by the torch-cuda and trt backends: they differ only in the denoiser call
+``denoise(x, t, out)``, which must write the model output into ``out`` (torch:
+``out.copy_(module(x, t))``; TensorRT: tensor addresses + ``execute_async_v3`` on
+the current stream).
+
+For one (plan, batch, sample shape) everything is allocated once (torch tensors as
+the allocator): x, t, out, the clipped x0^ (clip plans only), the per-step noise and
+the plan's coefficient table. A step then does, on one stream and with no host→device
+copy and no allocation of its own (same math and order as ``runtime.loop.sample_loop``):
+
+    t     <- timesteps[i]                          fill from the device table
+    out   <- denoise(x, t)
+    x0^   <- clip(cx[i]·x + co[i]·out, lo, hi)     clip plans only, before x changes
+    x     <- a[i]·x + b[i]·out (+ p0[i]·x0^) (+ sigma[i]·z[k])
+
+Noise convention (as in the host loop): step i uses noise only where sigma_i > 0. With
+an rng the draws happen at those steps only, in order, each of shape x; with a caller
+noise array [N, B, ...] row i is used at step i. The rows actually used are copied to
+the device once per ``sample()``.
+
+On CUDA with ``cuda_graph=True`` the first ``sample()`` for a given state warms up on a
+side stream, captures all N steps in one ``torch.cuda.CUDAGraph``, and every call
+(the first included) copies x_init and the noise into the static buffers and replays.
+A new batch, step count or plan builds a new state and captures anew. On CPU (tests)
+the same loop runs without capture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddpm_rt.errors import BackendUnavailable, ConfigError
+from ddpm_rt.plan import SamplingPlan
+from ddpm_rt.runtime.loop import ProgressFn
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+# plan.table() columns
+_T, _A, _B, _SIGMA, _CX, _CO, _P0 = range(7)
+
+
+def _plan_signature(plan: SamplingPlan, shape: tuple[int, ...]) -> str:
+    h = hashlib.sha256(plan.table().tobytes())
+    h.update(repr((plan.steps, plan.clip, shape)).encode())
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class _LoopState:
+    """Static buffers for one (plan, batch, sample shape)."""
+
+    signature: str
+    steps: int
+    x: torch.Tensor  # (B, ...) the running sample
+    t: torch.Tensor  # (B,) the model's time input
+    out: torch.Tensor  # (B, ...) the model output
+    x0: torch.Tensor | None  # (B, ...) clipped x0^ (clip plans only)
+    table: torch.Tensor  # (N, 7) coefficient table on the device
+    rows: list[list[torch.Tensor]]  # rows[col][i]: 0-d views into `table`, made once
+    clip: tuple[float, float] | None
+    noise_steps: np.ndarray  # (K,) steps with sigma > 0, in order
+    noise_slot: list[int | None]  # step i -> row of `z`, or None
+    z: torch.Tensor | None  # (K, B, ...) per-step noise on the device
+    x_stage: torch.Tensor  # (B, ...) host staging for x_init (pinned on CUDA)
+    z_stage: torch.Tensor | None  # (K, B, ...) host staging for the noise
+    graph: Any = None  # torch.cuda.CUDAGraph once captured
+    replays: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class DeviceLoop:
+    """Runs a SamplingPlan with `denoise(x, t, out)` on `device`, buffers allocated once per state."""
+
+    def __init__(
+        self,
+        denoise: DenoiseFn,
+        device: str | torch.device = "cuda",
+        *,
+        cuda_graph: bool = True,
+        warmup: int = 1,
+    ) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            from ddpm_rt.doctor import CUDA_MISSING
+
+            raise BackendUnavailable(CUDA_MISSING)
+        self.denoise = denoise
+        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        self.warmup = max(int(warmup), 1)
+        self._state: _LoopState | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> _LoopState | None:
+        return self._state
+
+    @property
+    def captures(self) -> int:
+        """1 when the current state has a captured graph (for tests and reports)."""
+        return int(self._state is not None and self._state.graph is not None)
+
+    def _state_for(self, plan: SamplingPlan, shape: tuple[int, ...]) -> _LoopState:
+        sig = _plan_signature(plan, shape)
+        if self._state is not None and self._state.signature == sig:
+            return self._state
+        self._state = None  # drop the old buffers and graph before allocating new ones
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        dev, f32 = self.device, torch.float32
+        pin = self.device.type == "cuda"
+        table = torch.from_numpy(plan.table()).to(dev)  # (N, 7), one copy per state
+        noise_steps = np.flatnonzero(plan.sigma > 0)
+        slot: list[int | None] = [None] * plan.steps
+        for k, i in enumerate(noise_steps):
+            slot[int(i)] = k
+        k = len(noise_steps)
+        return self._set_state(_LoopState(
+            signature=sig,
+            steps=plan.steps,
+            x=torch.empty(shape, dtype=f32, device=dev),
+            t=torch.empty(shape[:1], dtype=f32, device=dev),
+            out=torch.empty(shape, dtype=f32, device=dev),
+            x0=torch.empty(shape, dtype=f32, device=dev) if plan.clip is not None else None,
+            table=table,
+            rows=[list(table[:, c].unbind(0)) for c in range(7)],
+            clip=plan.clip,
+            noise_steps=noise_steps,
+            noise_slot=slot,
+            z=torch.empty((k, *shape), dtype=f32, device=dev) if k else None,
+            x_stage=torch.empty(shape, dtype=f32, pin_memory=pin),
+            z_stage=torch.empty((k, *shape), dtype=f32, pin_memory=pin) if k else None,
+        ))
+
+    def _set_state(self, st: _LoopState) -> _LoopState:
+        self._state = st
+        return st
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _step(self, st: _LoopState, i: int) -> None:
+        r = st.rows
+        st.t.fill_(r[_T][i])  # from the device table: no host->device copy
+        self.denoise(st.x, st.t, st.out)
+        if st.x0 is not None:
+            assert st.clip is not None
+            # x0^ = clip(cx·x + co·out) before x is overwritten
+            torch.mul(st.x, r[_CX][i], out=st.x0)
+            st.x0.addcmul_(st.out, r[_CO][i])
+            st.x0.clamp_(st.clip[0], st.clip[1])
+        # x_prev = a·x + b·out (+ p0·x0^) + sigma·z
+        st.x.mul_(r[_A][i])
+        st.x.addcmul_(st.out, r[_B][i])
+        if st.x0 is not None:
+            st.x.addcmul_(st.x0, r[_P0][i])
+        k = st.noise_slot[i]
+        if k is not None:
+            assert st.z is not None
+            st.x.addcmul_(st.z[k], r[_SIGMA][i])
+
+    def _run(self, st: _LoopState, progress: ProgressFn | None) -> None:
+        for i in range(st.steps):
+            self._step(st, i)
+            if progress is not None:
+                progress(i + 1, st.steps)
+
+    def _capture(self, st: _LoopState) -> None:
+        # Warm up on a side stream (cuBLAS/cuDNN handles, lazy TensorRT setup, the
+        # caching allocator), then record all N steps into one graph.
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._run(st, None)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            self._run(st, None)
+        st.graph = graph
+
+    # -- public ------------------------------------------------------------------------------
+
+    def _load_inputs(
+        self,
+        st: _LoopState,
+        x_init: np.ndarray,
+        noise: np.ndarray | None,
+        rng: np.random.Generator | None,
+    ) -> None:
+        st.x_stage.numpy()[...] = x_init
+        st.x.copy_(st.x_stage, non_blocking=True)
+        if st.z is None:
+            return
+        assert st.z_stage is not None
+        z_host = st.z_stage.numpy()  # (K, B, ...)
+        if noise is not None:
+            np.copyto(z_host, noise[st.noise_steps], casting="same_kind")
+        else:
+            if rng is None:
+                rng = np.random.default_rng()
+            for k in range(len(st.noise_steps)):  # one draw per noisy step, in order
+                rng.standard_normal(dtype=np.float32, out=z_host[k])
+        st.z.copy_(st.z_stage, non_blocking=True)
+
+    def sample(
+        self,
+        plan: SamplingPlan,
+        x_init: np.ndarray,
+        *,
+        noise: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        """Run every step of `plan` from `x_init`; same contract as `runtime.loop.sample_loop`."""
+        x_init = np.asarray(x_init, dtype=np.float32)
+        if x_init.ndim < 2:
+            raise ConfigError(f"x_init must be [B, ...] with a batch axis, got shape {x_init.shape}")
+        shape = tuple(int(s) for s in x_init.shape)
+        if noise is not None and noise.shape != (plan.steps, *shape):
+            raise ConfigError(
+                f"per-step noise must have shape {(plan.steps, *shape)}, got {tuple(noise.shape)}"
+            )
+        st = self._state_for(plan, shape)
+        with torch.no_grad():
+            self._load_inputs(st, x_init, noise, rng)
+            if not self.cuda_graph:
+                self._run(st, progress)
+            else:
+                if st.graph is None:
+                    self._capture(st)
+                    # warm-up ran on the static x: restore x_init (the noise buffer is only read)
+                    st.x.copy_(st.x_stage, non_blocking=True)
+                st.graph.replay()
+                st.replays += 1
+                if progress is not None:
+                    progress(st.steps, st.steps)
+            return st.x.to("cpu", copy=True).numpy()
+
+    def close(self) -> None:
+        self._state = None

@@ -1,0 +1,111 @@
+"""PyTorch on CUDA: the nn.Module in the DeviceLoop's denoiser slot, the whole loop in one CUDA graph.
+
+Options read: ``precision`` (fp32, or fp16/bf16 through autocast with its weight
+cache off, as CUDA-graph capture requires) and ``cuda_graph`` (off = the same
+device loop, launched step by step).
+
+Written against torch's CUDA / CUDAGraph API; not run in this project's CI (no GPU).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ddpm_rt.errors import BackendUnavailable
+from ddpm_rt.runtime.backend import Backend, BackendOptions
+from ddpm_rt.runtime.loop import ProgressFn
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddpm_rt.plan import SamplingPlan
+    from ddpm_rt.runtime.device_loop import DeviceLoop
+    from ddpm_rt.source import ModelSource
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """None for fp32, else the autocast dtype (ConfigError for an unknown name)."""
+    import torch
+
+    from ddpm_rt.exporter.trt_build import Precision
+
+    p = Precision.parse(precision)
+    return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[p]
+
+
+class TorchCudaBackend(Backend):
+    """nn.Module on one CUDA device, driven by `DeviceLoop`."""
+
+    name = "torch-cuda"
+    device = "cuda"
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        precision: str = "fp32",
+        cuda_graph: bool = True,
+        device: str = "cuda",
+    ) -> None:
+        import torch
+
+        from ddpm_rt.runtime.device_loop import DeviceLoop
+
+        self._torch = torch
+        self.module = module.eval().to(device)
+        self.precision = precision
+        self._amp = autocast_dtype(precision)
+        self.loop: DeviceLoop = DeviceLoop(self._denoise, device, cuda_graph=cuda_graph)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        from ddpm_rt.doctor import cuda_missing_reason
+
+        return cuda_missing_reason()
+
+    @classmethod
+    def open(cls, source: ModelSource, batch: int, options: BackendOptions) -> TorchCudaBackend:
+        reason = cls.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(reason)
+        if source.load_module is None:
+            raise BackendUnavailable(
+                f"source {source.name!r} has no PyTorch module (an ONNX-only bundle); "
+                "use --backend trt or ort-cuda, or export from a built-in name or checkpoint"
+            )
+        return cls(source.load_module(), precision=options.precision, cuda_graph=options.cuda_graph)
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        torch = self._torch
+        if self._amp is None:
+            out.copy_(self.module(x, t))
+        else:
+            with torch.autocast("cuda", dtype=self._amp, cache_enabled=False):
+                y = self.module(x, t)
+            out.copy_(y)  # back to float32 in the static buffer
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Host call (numpy in, numpy out): for parity checks and the host loop."""
+        torch = self._torch
+        with torch.no_grad():
+            xd = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
+            td = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).cuda()
+            out = torch.empty_like(xd)
+            self._denoise(xd, td, out)
+            return out.cpu().numpy()
+
+    def sample(
+        self,
+        plan: SamplingPlan,
+        x_init: np.ndarray,
+        *,
+        noise: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        return self.loop.sample(plan, x_init, noise=noise, rng=rng, progress=progress)
+
+    def close(self) -> None:
+        self.loop.close()
