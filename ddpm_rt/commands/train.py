@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -45,7 +44,10 @@ def train(
         lr=lr if lr is not None else defaults.get("lr", 1e-3),
         seed=seed,
     )
-    command = "ddpm-rt " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    # the equivalent full command line, recorded in config.json (reproducible from it alone)
+    command = (f"ddpm-rt train {kind} --out {shlex.quote(str(out))} --steps {cfg.steps} "
+               f"--batch-size {cfg.batch_size} --lr {cfg.lr:g} --seed {seed}"
+               + (f" --threads {threads}" if threads is not None else ""))
     result = run_training(kind, out, cfg, progress=not json_out, command=command)
     summary = {
         "kind": kind,

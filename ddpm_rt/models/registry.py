@@ -103,7 +103,7 @@ BUILTIN: dict[str, BuiltinModel] = {
                 prediction_type="next_sample",
                 sample_shape=(1, 16, 16),
             ),
-            config={"in_channels": 1, "channels": 64, "t_dim": 192, "bottleneck": 128,
+            config={"in_channels": 1, "channels": 48, "t_dim": 192, "bottleneck": 128,
                     "image_size": 16, "num_steps": 16},
             dataset="digits16",
             factory=_interp,
@@ -119,10 +119,10 @@ BUILTIN: dict[str, BuiltinModel] = {
                 sample_shape=(1, 16, 16),
                 sampler_defaults={"step_scale": 1.5},
             ),
-            config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 128, "depth": 4, "heads": 4},
+            config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 96, "depth": 4, "heads": 4},
             dataset="digits16",
             factory=_vit,
-            train_defaults={"steps": 4000, "batch_size": 64, "lr": 1e-3},
+            train_defaults={"steps": 6000, "batch_size": 64, "lr": 1e-3},
         ),
     )
 }

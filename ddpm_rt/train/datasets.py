@@ -49,7 +49,7 @@ def upscale_digits(images: np.ndarray, size: int = 16) -> np.ndarray:
     return (up * 2.0 - 1.0).astype(np.float32)[:, None]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits16() -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -77,7 +77,7 @@ def swiss_roll(n: int, seed: int, noise: float = SWISSROLL_NOISE) -> np.ndarray:
     return ((xz - _ROLL_LO) / (_ROLL_HI - _ROLL_LO) * 2.0 - 1.0).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _swissroll() -> Dataset:
     return Dataset("swissroll", swiss_roll(10_000, seed=SPLIT_SEED), swiss_roll(2_000, seed=SPLIT_SEED + 1))
 

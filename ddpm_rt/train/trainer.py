@@ -45,7 +45,7 @@ class TrainConfig:
     warmup: int = 200  # linear lr warm-up steps, then cosine decay to 10% at `steps`
     grad_clip: float = 1.0
     log_every: int = 100
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):

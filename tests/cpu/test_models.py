@@ -1,0 +1,117 @@
+"""Reference denoisers: the (x, t) -> same-shape contract, ONNX export parity, the registry API."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from ddpm_rt.errors import SourceError
+from ddpm_rt.models import registry
+from ddpm_rt.models.embeddings import SinusoidalEmbedding
+from ddpm_rt.models.registry import BUILTIN, DEFAULT_MODEL, get_builtin
+
+NAMES = sorted(BUILTIN)
+
+
+def _inputs(name: str, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    spec = BUILTIN[name].spec
+    x = torch.randn((batch, *spec.sample_shape), generator=g)
+    if spec.timestep_meaning == "noise_level":
+        t = torch.rand(batch, generator=g) * 0.99 + 0.005  # alpha^n in (0, 1)
+    else:
+        t = torch.randint(0, spec.schedule.num_train_timesteps, (batch,), generator=g).float()
+    return x, t
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_keeps_shape_and_dtype(name: str) -> None:
+    torch.manual_seed(0)
+    model = BUILTIN[name].build().eval()
+    for batch in (1, 3):
+        x, t = _inputs(name, batch)
+        with torch.inference_mode():
+            out = model(x, t)
+        assert out.shape == x.shape and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_depends_on_t(name: str) -> None:
+    torch.manual_seed(0)
+    model = BUILTIN[name].build().eval()
+    x, t = _inputs(name, 2)
+    with torch.inference_mode():
+        a = model(x, t)
+        b = model(x, t * 0.5 + 0.25)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_matches_eager(name: str) -> None:
+    torch.manual_seed(0)
+    model = BUILTIN[name].build().eval()
+    x, t = _inputs(name, 2)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (x, t), buf, input_names=["x", "t"], output_names=["out"], opset_version=17,
+            dynamic_axes={"x": {0: "batch"}, "t": {0: "batch"}, "out": {0: "batch"}}, dynamo=False,
+        )
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    x5, t5 = _inputs(name, 5, seed=1)  # another batch size than the one traced
+    got = sess.run(None, {"x": x5.numpy(), "t": t5.numpy()})[0]
+    with torch.inference_mode():
+        want = model(x5, t5).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_sinusoidal_embedding_values() -> None:
+    emb = SinusoidalEmbedding(8)
+    t = torch.tensor([0.0, 5.0])
+    e = emb(t)
+    assert e.shape == (2, 8)
+    np.testing.assert_allclose(e[0].numpy(), [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+    np.testing.assert_allclose(e[1, 0].item(), np.sin(5.0), atol=1e-6)  # frequency 1 first
+    with pytest.raises(ValueError):
+        SinusoidalEmbedding(7)
+
+
+def test_registry_contract() -> None:
+    assert DEFAULT_MODEL == "digits" and set(BUILTIN) == {"digits", "swissroll", "interp-digits", "vit-digits"}
+    for name, m in BUILTIN.items():
+        assert m.name == name and m.dataset in ("digits16", "swissroll") and m.description
+    assert BUILTIN["swissroll"].spec.clip == (-1.0, 1.0)
+    assert BUILTIN["swissroll"].spec.sampler(steps=40).sampler == "ddpm"
+    assert BUILTIN["vit-digits"].spec.sampler().step_scale == 1.5
+    assert BUILTIN["interp-digits"].spec.prediction_type == "next_sample"
+    # a config override reaches the constructor
+    small = get_builtin("swissroll").build({"hidden": 16})
+    assert small.out.in_features == 16
+
+
+def test_get_builtin_unknown_names_the_choices() -> None:
+    with pytest.raises(SourceError, match="digits, swissroll"):
+        get_builtin("cifar")
+
+
+def test_load_shipped_without_weights_is_a_source_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(registry, "ASSETS", tmp_path)
+    assert not registry.has_shipped_weights("digits")
+    with pytest.raises(SourceError, match="no shipped weights for 'digits'"):
+        registry.load_shipped("digits")
+    with pytest.raises(SourceError, match="unknown built-in model"):
+        registry.load_shipped("nope")
+
+
+def test_shipped_weights_load_in_eval_mode() -> None:
+    assert registry.has_shipped_weights(DEFAULT_MODEL) and registry.has_shipped_weights("swissroll")
+    model = registry.load_shipped(DEFAULT_MODEL)
+    assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
