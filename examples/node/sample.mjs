@@ -2,7 +2,7 @@
 // Run a ddpm-rt sampler graph (from `ddpm-rt export-sampler`) with ONNX Runtime for Node.js.
 //
 //   node sample.mjs --model sampler.onnx --out x0.npy [--x-init x_T.npy] [--noise z.npy]
-//                   [--batch B --seed S] [--start K] [--stop M] [--threads T]
+//                   [--batch B --seed S] [--start K] [--stop M] [--threads T] [--opt-level L]
 //
 // Everything the host needs is read from the model's metadata_props (key `ddpm_rt_sampler`):
 // which graph it is (step | loop), the input names, dtypes and shapes, the step count and which
@@ -163,11 +163,12 @@ function normalRng(seed) {
 // ---------------------------------------------------------------- arguments
 
 const USAGE = 'usage: node sample.mjs --model FILE.onnx --out OUT.npy [--x-init X.npy] [--noise Z.npy] '
-  + '[--batch B] [--seed S] [--start K] [--stop M] [--threads T]';
+  + '[--batch B] [--seed S] [--start K] [--stop M] [--threads T] [--opt-level disabled|basic|extended|all]';
+const OPT_LEVELS = ['disabled', 'basic', 'extended', 'all'];
 
 function parseArgs(argv) {
   const opts = { seed: '0' };
-  const known = ['model', 'out', 'x-init', 'noise', 'batch', 'seed', 'start', 'stop', 'threads'];
+  const known = ['model', 'out', 'x-init', 'noise', 'batch', 'seed', 'start', 'stop', 'threads', 'opt-level'];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--help' || a === '-h') {
@@ -179,6 +180,9 @@ function parseArgs(argv) {
     const value = m[2] ?? argv[++i];
     if (value === undefined) throw new InputError(`--${m[1]} needs a value`);
     opts[m[1]] = value;
+  }
+  if (opts['opt-level'] !== undefined && !OPT_LEVELS.includes(opts['opt-level'])) {
+    throw new InputError(`--opt-level must be one of ${OPT_LEVELS.join(', ')}, got ${opts['opt-level']}`);
   }
   for (const req of ['model', 'out']) {
     if (!opts[req]) throw new InputError(`--${req} is required; ${USAGE}`);
@@ -269,6 +273,9 @@ async function main() {
 
   const options = { executionProviders: ['cpu'], logSeverityLevel: 3 };
   if (threads !== undefined) options.intraOpNumThreads = threads;
+  // ORT's default is 'all'; 'basic' runs the same kernels in the Loop body as in a plain
+  // denoiser session (the NCHWc layout rewrite applies to the main graph only)
+  if (opts['opt-level'] !== undefined) options.graphOptimizationLevel = opts['opt-level'];
   const session = await ort.InferenceSession.create(bytes, options);
   const inputNames = desc.inputs.map((i) => i.name);
   const outputName = desc.outputs[0].name;
