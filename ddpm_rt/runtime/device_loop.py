@@ -20,15 +20,17 @@ an rng the draws happen at those steps only, in order, each of shape x; with a c
 noise array [N, B, ...] row i is used at step i. The rows actually used are copied to
 the device once per ``sample()``.
 
-On CUDA with ``cuda_graph=True`` the first ``sample()`` for a given state warms up on a
-side stream, captures all N steps in one ``torch.cuda.CUDAGraph``, and every call
-(the first included) copies x_init and the noise into the static buffers and replays.
+On CUDA everything runs on one dedicated (non-default) stream. With ``cuda_graph=True``
+the first ``sample()`` for a given state warms up on that stream, captures all N steps
+in one ``torch.cuda.CUDAGraph``, and every call (the first included) copies x_init and
+the noise into the static buffers and replays.
 A new batch, step count or plan builds a new state and captures anew. On CPU (tests)
 the same loop runs without capture.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +98,9 @@ class DeviceLoop:
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self.warmup = max(int(warmup), 1)
         self._state: _LoopState | None = None
+        # A dedicated stream: graph capture needs a non-default stream, and TensorRT's
+        # enqueue on the legacy default stream adds synchronisations.
+        self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -173,16 +178,13 @@ class DeviceLoop:
                 progress(i + 1, st.steps)
 
     def _capture(self, st: _LoopState) -> None:
-        # Warm up on a side stream (cuBLAS/cuDNN handles, lazy TensorRT setup, the
-        # caching allocator), then record all N steps into one graph.
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self._run(st, None)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        # Runs with self._stream current (a side stream, never the legacy default stream).
+        # Warm up first (cuBLAS/cuDNN handles, TensorRT's deferred setup before its first
+        # capture, the caching allocator), then record all N steps into one graph.
+        for _ in range(self.warmup):
+            self._run(st, None)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=side):
+        with torch.cuda.graph(graph, stream=self._stream):
             self._run(st, None)
         st.graph = graph
 
@@ -228,8 +230,11 @@ class DeviceLoop:
             raise ConfigError(
                 f"per-step noise must have shape {(plan.steps, *shape)}, got {tuple(noise.shape)}"
             )
-        st = self._state_for(plan, shape)
-        with torch.no_grad():
+        # everything on one stream: allocation, table and input copies, the steps (or
+        # capture + replay) and the copy back
+        on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with torch.no_grad(), on_stream:
+            st = self._state_for(plan, shape)
             self._load_inputs(st, x_init, noise, rng)
             if not self.cuda_graph:
                 self._run(st, progress)

@@ -72,8 +72,9 @@ class TrtEngine:
             )
         for tensor in (x, t, out):
             assert tensor.is_cuda and tensor.is_contiguous() and tensor.dtype == self._torch.float32
-        ctx.set_input_shape(c.x_name, tuple(x.shape))
-        ctx.set_input_shape(c.t_name, tuple(t.shape))
+        for name, shape in ((c.x_name, tuple(x.shape)), (c.t_name, tuple(t.shape))):
+            if not ctx.set_input_shape(name, shape):
+                raise ConfigError(f"engine {self.plan_path} rejects input {name!r} of shape {shape}")
         ctx.set_tensor_address(c.x_name, x.data_ptr())
         ctx.set_tensor_address(c.t_name, t.data_ptr())
         ctx.set_tensor_address(c.out_name, out.data_ptr())
