@@ -28,6 +28,7 @@ app = typer.Typer(
 COMMANDS: list[tuple[str, str, str]] = [
     ("sample", "sample", "sample"),
     # -- registered commands (one line each; keep this marker) --
+    ("bench", "bench", "bench"),
     ("build", "build", "build"),
     ("doctor", "doctor", "doctor"),
     ("selfcheck", "selfcheck", "selfcheck"),

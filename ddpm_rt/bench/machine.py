@@ -1,0 +1,78 @@
+"""What a benchmark ran on: CPU, cores, versions, threads, load and date."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+from typing import Any
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (affinity), not the host's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    return str(getattr(mod, "__version__", "?"))
+
+
+def environment(threads: int | None) -> dict[str, Any]:
+    """Machine and software facts recorded with every result."""
+    import numpy as np
+
+    env: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "os": platform.platform(terse=True),
+        "usable_cores": usable_cores(),
+        "host_cpus": os.cpu_count(),
+        "threads": threads,
+        "loadavg_start": load_average(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": _version("torch"),
+        "onnxruntime": _version("onnxruntime"),
+        "diffusers": _version("diffusers") if "diffusers" in sys.modules else None,
+    }
+    try:
+        import onnxruntime as ort
+
+        env["ort_providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["cuda"] = torch.cuda.is_available()
+    except ImportError:
+        pass
+    return env

@@ -1,0 +1,113 @@
+"""Text and Markdown renderings of a bench result (the JSON is the record; these are views)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(share: dict[str, float] | None) -> str:
+    return "n/a" if not share else f"{100 * share['median']:.1f}%"
+
+
+def _diff(v: float | None) -> str:
+    return "(baseline)" if v is None else f"{v:.1e}"
+
+
+def backend_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per (batch, backend): the figures `ddpm-rt bench` promises."""
+    rows = []
+    base = result["config"]["baseline"]
+    for r in result["results"]:
+        e2e, step, call = r["e2e_s"], r["step_ms"], r["call_ms"]
+        rows.append([
+            str(r["batch"]),
+            r["backend"],
+            f"{e2e['median']:.4f} ({100 * e2e['spread']:.0f}%)",
+            f"{step['median']:.3f} / {step['p90']:.3f}",
+            "n/a" if call is None else f"{call['median']:.3f}",
+            _pct(r["outside_call_share"]),
+            f"{r['images_per_s']:.1f}",
+            "" if r["speedup_vs_baseline"] is None else f"{r['speedup_vs_baseline']:.2f}x",
+            f"{r['rss_delta_mb']:.0f}",
+            "(baseline)" if r["backend"] == base else _diff(r["max_abs_diff_vs_baseline"]),
+        ])
+    return rows
+
+
+HEADER = ["batch", "backend", "e2e s median (p10-p90 spread)", "step ms median / p90",
+          "call ms median", "outside call", "images/s", "speed-up", "RSS +MB", "max |diff| vs eager"]
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def pipeline_rows(pipe: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["runner", "e2e s median (spread)", "images/s", "speed-up vs DDIMPipeline",
+              "outside call", "max |diff| vs pipeline"]
+    rows = [[
+        r["runner"], f"{r['e2e_s']['median']:.3f} ({100 * r['e2e_s']['spread']:.0f}%)",
+        f"{r['images_per_s']:.2f}", f"{r['speedup_vs_pipeline']:.2f}x",
+        _pct(r["outside_call_share"]), f"{r['max_abs_diff_vs_pipeline']:.1e}",
+    ] for r in pipe["results"]]
+    return header, rows
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    env, plan, cfg = result["environment"], result["plan"], result["config"]
+    return (f"{result['source']} · {plan['sampler']} {plan['steps']} steps · threads {cfg['threads']} · "
+            f"warm-up {cfg['warmup']}, {cfg['repeat']} timed runs · {env['cpu']} "
+            f"({env['usable_cores']} usable cores) · load {env['loadavg_start']} -> {env.get('loadavg_end')}")
+
+
+def text_report(result: dict[str, Any]) -> str:
+    parts = [summary_line(result), "", text_table(HEADER, backend_rows(result))]
+    for name, reason in result.get("skipped", {}).items():
+        parts.append(f"skipped {name}: {reason}")
+    if result.get("pipeline"):
+        parts += ["", "diffusers DDIMPipeline (eager) vs our loop, batch "
+                  f"{result['pipeline']['batch']}:", text_table(*pipeline_rows(result["pipeline"]))]
+    return "\n".join(parts)
+
+
+def markdown_report(result: dict[str, Any], title: str, notes: list[str] | None = None) -> str:
+    env, plan, cfg = result["environment"], result["plan"], result["config"]
+    lines = [
+        f"# {title}", "",
+        f"- model: `{result['source']}`{' (untrained weights)' if result['untrained'] else ''}, "
+        f"sample shape {result['sample_shape']}",
+        f"- plan: {plan['sampler']} {plan['steps']} steps (eta {plan['eta']}, {plan['spacing']} spacing, "
+        f"clip {plan['clip']}, stochastic {plan['stochastic']}); the same initial and per-step noise "
+        "for every backend",
+        f"- machine: {env['cpu']}, {env['usable_cores']} usable cores ({env['host_cpus']} on the host), "
+        f"{env['os']}",
+        f"- versions: python {env['python']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
+        f"numpy {env['numpy']}" + (f", diffusers {env['diffusers']}" if env.get("diffusers") else ""),
+        f"- threads: {cfg['threads']} for every backend (torch.set_num_threads, ORT intra-op; "
+        "ORT inter-op 1, sequential)",
+        f"- runs: {cfg['warmup']} warm-up + {cfg['repeat']} timed per backend and batch, interleaved "
+        "round-robin in one process",
+        f"- load average (1, 5, 15 min) at start {env['loadavg_start']}, at end {env.get('loadavg_end')}"
+        " — the machine is shared, so absolute times are noisy; ratios are measured side by side",
+        f"- date: {env['date']}", "",
+        md_table(HEADER, backend_rows(result)), "",
+        "e2e = one full N-step loop; step = one call plus its update; outside call = share of the loop "
+        "spent outside the denoiser call; RSS +MB = " + result["memory_method"].split("; ", 1)[1] + ".",
+    ]
+    if result.get("pipeline"):
+        p = result["pipeline"]
+        lines += ["", f"## diffusers DDIMPipeline (eager) vs our loop: {p['steps']} steps, batch {p['batch']}",
+                  "", md_table(*pipeline_rows(p)), "", p["note"] + "."]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"

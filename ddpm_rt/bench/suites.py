@@ -1,0 +1,223 @@
+"""The backend suite: every backend on the same bundle, plan, batch sizes and noise, in one process.
+
+For each batch size all backends are opened and warmed up, then the timed runs are
+interleaved (run r of every backend before run r+1 of any, the order rotated each
+round) so that a machine whose load drifts penalises every backend alike. Host
+backends are driven through the shared loop with a `TimedModel` in front of the
+denoiser, which splits each run into time inside the denoiser call and time outside it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddpm_rt.bench.machine import environment, load_average, usable_cores
+from ddpm_rt.bench.timing import RssSampler, TimedModel, max_rss_bytes, summary
+from ddpm_rt.errors import BackendUnavailable, ConfigError
+from ddpm_rt.runtime.backend import (
+    Backend,
+    BackendOptions,
+    available_backends,
+    open_backend,
+    resolve_backend_name,
+)
+from ddpm_rt.runtime.loop import initial_noise, sample_loop
+
+if TYPE_CHECKING:
+    from ddpm_rt.plan import SamplingPlan
+    from ddpm_rt.source import ModelSource
+
+MB = 1024 * 1024
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run: backends (baseline first), batch sizes, warm-up and timed runs, threads, seed."""
+
+    backends: tuple[str, ...] | None = None  # None = torch plus every usable backend
+    batches: tuple[int, ...] = (1, 4, 16)
+    warmup: int = 2
+    repeat: int = 5
+    threads: int | None = None  # None = every usable core, for every backend alike
+    seed: int = 0
+    baseline: str = "torch"
+    options: dict[str, Any] = field(default_factory=dict)  # BackendOptions.extra for all backends
+
+    def __post_init__(self) -> None:
+        if self.backends is not None and not self.backends:
+            raise ConfigError("--backends is empty; name at least one, e.g. torch,ort")
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError(f"--batch sizes must all be >= 1, got {list(self.batches)}")
+        if self.warmup < 0 or self.repeat < 1:
+            raise ConfigError(f"--warmup must be >= 0 and --repeat >= 1, got {self.warmup}, {self.repeat}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+
+def default_backends() -> tuple[str, ...]:
+    """Eager torch (the baseline) plus every other usable backend."""
+    return ("torch", *[n for n in available_backends() if n != "torch"])
+
+
+def parse_list(text: str, cast: type = str) -> tuple:
+    """'torch, ort' -> ('torch', 'ort'); '1,4,16' -> (1, 4, 16) with cast=int."""
+    try:
+        return tuple(cast(p.strip()) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {cast.__name__}") from None
+
+
+def same_weights(source: ModelSource) -> ModelSource:
+    """A copy of `source` whose module is loaded once and shared, so every backend (and the
+    export behind the ONNX ones) sees the same weights, even for an untrained built-in whose
+    loader draws fresh random weights on each call."""
+    if source.load_module is None:
+        return source
+    return replace(source, load_module=functools.cache(source.load_module))
+
+
+def _is_host(be: Backend) -> bool:
+    """True when the backend runs the shared host loop (so its calls can be timed one by one)."""
+    return type(be).sample is Backend.sample
+
+
+@dataclass
+class _Opened:
+    name: str
+    backend: Backend
+    timer: TimedModel | None
+    open_s: float
+    rss_delta: int
+    e2e: list[float] = field(default_factory=list)
+    calls: list[np.ndarray] = field(default_factory=list)
+    steps: list[np.ndarray] = field(default_factory=list)
+    outside: list[float] = field(default_factory=list)
+    final: np.ndarray | None = None
+
+    def run(self, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray | None) -> float:
+        """One full loop; returns its end-to-end seconds and records the per-call split."""
+        if self.timer is None:  # a device loop: only end to end is observable
+            t0 = time.perf_counter()
+            self.final = self.backend.sample(plan, x_init, noise=noise)
+            t1 = time.perf_counter()
+            self.steps.append(np.full(plan.steps, (t1 - t0) / plan.steps))
+            return t1 - t0
+        self.timer.reset()
+        t0 = time.perf_counter()
+        self.final = sample_loop(self.timer, plan, x_init, noise=noise)
+        t1 = time.perf_counter()
+        calls = self.timer.call_times()
+        self.calls.append(calls.copy())
+        self.steps.append(self.timer.step_times(t1))
+        self.outside.append(float((t1 - t0 - calls.sum()) / (t1 - t0)))
+        return t1 - t0
+
+
+def _open(name: str, source: ModelSource, batch: int, options: BackendOptions, plan: SamplingPlan,
+          x_init: np.ndarray, noise: np.ndarray | None, warmup: int) -> _Opened:
+    with RssSampler() as mem:
+        t0 = time.perf_counter()
+        be = open_backend(name, source, batch, options)
+        open_s = time.perf_counter() - t0
+        opened = _Opened(name, be, TimedModel(be, plan.steps) if _is_host(be) else None, open_s, 0)
+        for _ in range(warmup):
+            opened.run(plan, x_init, noise)
+    opened.rss_delta = mem.delta
+    opened.e2e.clear(), opened.calls.clear(), opened.steps.clear(), opened.outside.clear()
+    return opened
+
+
+def _row(o: _Opened, batch: int, plan: SamplingPlan, ref: np.ndarray | None) -> dict[str, Any]:
+    e2e = summary(o.e2e)
+    steps = np.concatenate(o.steps)
+    row: dict[str, Any] = {
+        "backend": o.name,
+        "batch": batch,
+        "open_s": round(o.open_s, 4),
+        "e2e_s": e2e,
+        "step_ms": summary(steps, 1e3),
+        "call_ms": summary(np.concatenate(o.calls), 1e3) if o.calls else None,
+        "outside_call_share": summary(o.outside) if o.outside else None,
+        "images_per_s": batch / e2e["median"],
+        "rss_delta_mb": round(o.rss_delta / MB, 1),
+        "finite": bool(np.all(np.isfinite(o.final))),
+        "max_abs_diff_vs_baseline": None if ref is None else float(np.max(np.abs(o.final - ref))),
+        "info": dict(getattr(o.backend, "info", {}) or {}),
+        "steps_timed": "per call" if o.timer is not None else "end to end / steps",
+    }
+    return row
+
+
+def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
+              log: Log | None = None) -> dict[str, Any]:
+    """Time every backend in `config` on `plan`; returns the JSON-able result."""
+    log = log or (lambda _msg: None)
+    source = same_weights(source)
+    names = [resolve_backend_name(n) for n in (config.backends or default_backends())]
+    if config.baseline in names:  # the baseline runs first and is what the others are compared to
+        names = [config.baseline] + [n for n in names if n != config.baseline]
+    names = list(dict.fromkeys(names))
+    threads = config.threads or usable_cores()
+    options = BackendOptions(threads=threads, extra=dict(config.options))
+    env = environment(threads)
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for batch in config.batches:
+        rng = np.random.default_rng([config.seed, batch])
+        shape = (batch, *source.spec.sample_shape)
+        x_init = initial_noise(shape, rng)
+        noise = rng.standard_normal((plan.steps, *shape), dtype=np.float32) if plan.stochastic else None
+        opened: list[_Opened] = []
+        try:
+            for name in names:
+                if name in skipped:
+                    continue
+                log(f"batch {batch}: opening {name} and warming up ({config.warmup} runs)")
+                try:
+                    opened.append(_open(name, source, batch, options, plan, x_init, noise, config.warmup))
+                except BackendUnavailable as e:  # e.g. torch on an ONNX-only bundle: say so, go on
+                    skipped[name] = str(e)
+                    log(f"skipping {name}: {e}")
+            if not opened:
+                raise BackendUnavailable(f"no backend could run this model: {'; '.join(skipped.values())}")
+            for r in range(config.repeat):
+                k = r % len(opened)
+                for o in opened[k:] + opened[:k]:  # rotate who goes first each round
+                    o.e2e.append(o.run(plan, x_init, noise))
+                log(f"batch {batch}: round {r + 1}/{config.repeat} done")
+            ref = next((o.final for o in opened if o.name == config.baseline), None)
+            rows += [_row(o, batch, plan, ref) for o in opened]
+        finally:
+            for o in opened:
+                o.backend.close()
+    base = {r["batch"]: r["e2e_s"]["median"] for r in rows if r["backend"] == config.baseline}
+    for r in rows:
+        r["speedup_vs_baseline"] = base[r["batch"]] / r["e2e_s"]["median"] if r["batch"] in base else None
+    env["loadavg_end"] = load_average()
+    env["max_rss_mb"] = round(max_rss_bytes() / MB, 1)
+    return {
+        "suite": "backends",
+        "source": source.name,
+        "untrained": source.untrained,
+        "plan": {
+            "sampler": plan.sampler.sampler, "steps": plan.steps, "eta": plan.sampler.eta,
+            "spacing": plan.sampler.spacing, "stochastic": plan.stochastic,
+            "clip": None if plan.clip is None else list(plan.clip),
+        },
+        "sample_shape": list(source.spec.sample_shape),
+        "config": {**asdict(config), "backends": names, "threads": threads},
+        "environment": env,
+        "memory_method": RssSampler.METHOD + "; rss_delta_mb = peak minus RSS before opening, over "
+        "opening + warm-up of that backend (buffers, session, arena); max_rss_mb = getrusage high-water",
+        "timing_method": "perf_counter around each full loop (e2e) and around each denoiser call "
+        "(TimedModel); step = call start to next call start; outside_call_share = (e2e - sum of calls) / e2e",
+        "skipped": skipped,
+        "results": rows,
+    }
