@@ -70,6 +70,18 @@ def parity_metrics(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     }
 
 
+def pinned_source(src: ModelSource) -> ModelSource:
+    """`src` whose every load_module() returns a copy of ONE module: eager, torch-cuda and the
+    exported bundle then share weights even for an untrained built-in (random init per build)."""
+    import copy
+    from dataclasses import replace
+
+    if src.load_module is None:
+        return src
+    base = src.load_module()
+    return replace(src, load_module=lambda: copy.deepcopy(base))
+
+
 def cifar10_unet_source() -> ModelSource:
     """diffusers UNet2DModel at CIFAR-10 size (DDPM's 35.7M-parameter config), random weights."""
     from ddpm_rt.errors import ConfigError
@@ -292,7 +304,7 @@ def selfcheck(
     def log(msg: str) -> None:
         typer.echo(f"selfcheck: {msg}", err=True)
 
-    sources = {n: cifar10_unet_source() if n == CIFAR_NAME else resolve_source(n) for n in names}
+    sources = {n: pinned_source(cifar10_unet_source() if n == CIFAR_NAME else resolve_source(n)) for n in names}
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "environment": collect(),

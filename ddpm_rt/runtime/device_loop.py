@@ -71,6 +71,7 @@ class _LoopState:
     noise_steps: np.ndarray  # (K,) steps with sigma > 0, in order
     noise_slot: list[int | None]  # step i -> row of `z`, or None
     z: torch.Tensor | None  # (K, B, ...) per-step noise on the device
+    z_rows: list[torch.Tensor]  # z_rows[k]: view of row k, made once
     x_stage: torch.Tensor  # (B, ...) host staging for x_init (pinned on CUDA)
     z_stage: torch.Tensor | None  # (K, B, ...) host staging for the noise
     graph: Any = None  # torch.cuda.CUDAGraph once captured
@@ -128,6 +129,7 @@ class DeviceLoop:
         for k, i in enumerate(noise_steps):
             slot[int(i)] = k
         k = len(noise_steps)
+        z = torch.empty((k, *shape), dtype=f32, device=dev) if k else None
         return self._set_state(_LoopState(
             signature=sig,
             steps=plan.steps,
@@ -140,7 +142,8 @@ class DeviceLoop:
             clip=plan.clip,
             noise_steps=noise_steps,
             noise_slot=slot,
-            z=torch.empty((k, *shape), dtype=f32, device=dev) if k else None,
+            z=z,
+            z_rows=list(z.unbind(0)) if z is not None else [],
             x_stage=torch.empty(shape, dtype=f32, pin_memory=pin),
             z_stage=torch.empty((k, *shape), dtype=f32, pin_memory=pin) if k else None,
         ))
@@ -168,8 +171,7 @@ class DeviceLoop:
             st.x.addcmul_(st.x0, r[_P0][i])
         k = st.noise_slot[i]
         if k is not None:
-            assert st.z is not None
-            st.x.addcmul_(st.z[k], r[_SIGMA][i])
+            st.x.addcmul_(st.z_rows[k], r[_SIGMA][i])
 
     def _run(self, st: _LoopState, progress: ProgressFn | None) -> None:
         for i in range(st.steps):
@@ -184,8 +186,15 @@ class DeviceLoop:
         for _ in range(self.warmup):
             self._run(st, None)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
-            self._run(st, None)
+        try:
+            with torch.cuda.graph(graph, stream=self._stream):
+                self._run(st, None)
+        except RuntimeError as e:
+            self._state = None  # the half-captured state is not reusable
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BackendUnavailable(
+                f"CUDA graph capture of the sampling loop failed ({first}); run with cuda_graph off"
+            ) from e
         st.graph = graph
 
     # -- public ------------------------------------------------------------------------------

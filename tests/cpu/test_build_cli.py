@@ -245,3 +245,15 @@ def test_parity_metrics() -> None:
     assert m["finite"] and m["max_abs"] == pytest.approx(0.01, rel=1e-4)
     assert m["rel_rms"] == pytest.approx(0.01, rel=1e-4)
     assert not parity_metrics(ref * np.nan, ref)["finite"]
+
+
+def test_pinned_source_shares_one_set_of_weights() -> None:
+    # an untrained built-in builds fresh random weights per load; the self-check pins one set
+    from ddpm_rt.commands.selfcheck import pinned_source
+    from ddpm_rt.source import resolve_source
+
+    src = pinned_source(resolve_source("swissroll"))
+    a, b = src.load_module(), src.load_module()
+    assert a is not b
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)

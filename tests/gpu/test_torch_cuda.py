@@ -86,11 +86,12 @@ def test_rng_convention_matches_host_loop_on_cuda() -> None:
 @pytest.mark.parametrize("cuda_graph", [True, False])
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 5e-2)])
 def test_torch_cuda_backend_on_a_builtin(cuda_graph: bool, precision: str, tol: float) -> None:
+    from ddpm_rt.commands.selfcheck import pinned_source
     from ddpm_rt.runtime.backend import BackendOptions, open_backend
     from ddpm_rt.runtime.torch_backend import TorchBackend
     from ddpm_rt.source import resolve_source
 
-    src = resolve_source("digits")
+    src = pinned_source(resolve_source("digits"))  # one set of weights for eager and torch-cuda
     plan = src.spec.plan(src.spec.sampler(20))
     x_init = np.random.default_rng(0).standard_normal((4, *src.spec.sample_shape), dtype=np.float32)
     noise = np.random.default_rng(1).standard_normal((plan.steps, *x_init.shape), dtype=np.float32)

@@ -24,10 +24,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
+    from ddpm_rt.commands.selfcheck import pinned_source
     from ddpm_rt.source import resolve_source
 
     cache = tmp_path_factory.mktemp("cache")
-    src = resolve_source("digits")
+    src = pinned_source(resolve_source("digits"))  # one set of weights for eager and the bundle
     bundle = src.bundle_dir(cache)
     return src, bundle
 
