@@ -27,6 +27,8 @@ app = typer.Typer(
 # (command name, module under ddpm_rt.commands, function name)
 COMMANDS: list[tuple[str, str, str]] = [
     ("sample", "sample", "sample"),
+    ("train", "train", "train"),
+    ("quality", "quality", "quality"),
     # -- registered commands (one line each; keep this marker) --
     ("bench", "bench", "bench"),
     ("build", "build", "build"),
