@@ -92,6 +92,7 @@ def export_bundle(
         export_onnx,
         macs_per_sample,
         parameter_count,
+        restore_unused_inputs,
         set_metadata,
     )
     from ddpm_rt.fsutil import atomic_directory
@@ -112,6 +113,12 @@ def export_bundle(
         fp32_path = tmp / (ONNX_FILE if options.precision == "fp32" else "denoiser.fp32.onnx")
         export_onnx(src.module, spec.sample_shape, t_trace, fp32_path, contract)
         model = onnx.load(str(fp32_path))
+        notes = []
+        if restore_unused_inputs(model, contract):
+            onnx.save(model, str(fp32_path))
+            notes.append("the traced graph does not read t (the model ignores its timestep, or tracing "
+                         "fixed a branch on it); t is kept as an unused input")
+            status(f"warning: {notes[-1]}")
         graph = {"parameters": params, "onnx_parameters": parameter_count(model),
                  "macs_per_sample": macs_per_sample(model), "nodes": len(model.graph.node)}
         status(f"exported in {time.perf_counter() - t0:.1f}s ({len(model.graph.node)} nodes)")
@@ -155,6 +162,8 @@ def export_bundle(
                     parity["trajectory"]["fp16"] = traj
                     status(f"fp16 graph {traj['sampler']}-{traj['steps']} trajectory vs eager fp32: {_fmt(traj)}")
                 del ort16
+        if notes:
+            extra_manifest = {**(extra_manifest or {}), "notes": notes}
         manifest = build_manifest(
             source=src.source_entry, spec=spec.to_dict(), io=contract.to_dict(spec.sample_shape),
             opset=contract.opset, precision=options.precision, graph=graph, parity=parity,

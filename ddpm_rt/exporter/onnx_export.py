@@ -164,3 +164,29 @@ def macs_per_sample(model: onnx.ModelProto) -> int | None:
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             total += int(np.prod(out)) * (a[0] if trans_a else a[-1])
     return total
+
+
+def restore_unused_inputs(model: onnx.ModelProto, contract: GraphContract) -> list[str]:
+    """Re-add contract inputs the tracer pruned because the model never reads them.
+
+    A model that ignores `t` (or whose use of it was traced away) still gets a `t`
+    input, so every host feeds the same two tensors; returns the names re-added.
+    """
+    import onnx
+
+    present = {i.name for i in model.graph.input}
+    added = []
+    for name in contract.input_names:
+        if name not in present:
+            assert name == contract.t_name, name  # x always feeds the output shape
+            model.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [contract.batch_axis])
+            )
+            added.append(name)
+    names = [i.name for i in model.graph.input]
+    order = {n: k for k, n in enumerate(contract.input_names)}
+    if names != sorted(names, key=lambda n: order.get(n, len(order))):
+        inputs = sorted(model.graph.input, key=lambda v: order.get(v.name, len(order)))
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+    return added

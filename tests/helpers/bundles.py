@@ -1,0 +1,68 @@
+"""Helpers shared by the export / bundle tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+
+def save_weights(module, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    return path
+
+
+def assert_nothing_written(out: Path) -> None:
+    """No bundle at `out` and no temporary sibling left behind."""
+    assert not out.exists(), f"{out} was written"
+    if out.parent.is_dir():
+        leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        assert leftovers == [], leftovers
+
+
+def read_manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "ddpm_rt.json").read_text())
+
+
+def make_diffusers_folders(root: Path) -> tuple[Path, Path]:
+    """A small random UNet2DModel saved as a bare folder and as a DDPMPipeline (cosine, clip 1)."""
+    import warnings
+
+    import torch
+
+    warnings.simplefilter("ignore")
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    bare, pipe = root / "unet", root / "pipeline"
+    unet.save_pretrained(bare)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                              clip_sample=True, clip_sample_range=1.0)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(pipe)
+    return bare, pipe
+
+
+def call_main(capsys, *args: str):
+    """Run `ddpm_rt.cli.main` in this process (same error mapping as the console script,
+    without a fresh torch import per call); returns a CompletedProcess-like result."""
+    import subprocess
+    import sys
+    from unittest import mock
+
+    from ddpm_rt.cli import main
+
+    capsys.readouterr()
+    code = 0
+    with mock.patch.object(sys, "argv", ["ddpm-rt", *args]):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["ddpm-rt", *args], code, captured.out, captured.err)
