@@ -300,6 +300,11 @@ def selfcheck(
     if steps < 1 or repeats < 1:
         raise ConfigError(f"--steps and --repeats must be >= 1, got {steps} and {repeats}")
     require_tensorrt()  # one line when CUDA or tensorrt is missing
+    import torch
+
+    # fp32 means fp32 on every path (TensorRT fp32 engines are built with TF32 off too)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
     def log(msg: str) -> None:
         typer.echo(f"selfcheck: {msg}", err=True)
