@@ -30,6 +30,8 @@ def sample(
     seed: Annotated[int, typer.Option(help="Random seed for the initial and per-step noise.")] = 0,
     backend: Annotated[str, typer.Option(help=f"One of {', '.join(BACKEND_NAMES)}.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for the backend.")] = None,
+    precision: Annotated[str, typer.Option(help="GPU backends: fp32 | fp16 | bf16.")] = "fp32",
+    cuda_graph: Annotated[bool, typer.Option(help="GPU backends: capture the whole loop in one CUDA graph.")] = True,
     out: Annotated[Path, typer.Option(help="Output file: .png (grid or scatter) or .npy (raw [B, ...]).")] = Path("samples.png"),
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
@@ -39,6 +41,8 @@ def sample(
     from ddpm_rt.runtime.loop import initial_noise
     from ddpm_rt.source import resolve_source
 
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     check_output_path(out)
@@ -55,7 +59,7 @@ def sample(
     rng = np.random.default_rng(seed)
     x_init = initial_noise((batch, *spec.sample_shape), rng)
     t0 = time.perf_counter()
-    with open_backend(name, src, batch, BackendOptions(threads=threads)) as be:
+    with open_backend(name, src, batch, BackendOptions(threads=threads, precision=precision, cuda_graph=cuda_graph)) as be:
         t_open = time.perf_counter() - t0
         t1 = time.perf_counter()
         samples = be.sample(plan, x_init, rng=rng, progress=Progress(f"sampling ({name})"))
