@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -23,18 +21,7 @@ from ddpm_rt.models.registry import get_builtin, shipped_dir
 from ddpm_rt.quality.report import quality_report
 from ddpm_rt.quality.sampling import sample_module
 from ddpm_rt.train import checkpoint as ck
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.machine()}"
+from ddpm_rt.train.trainer import machine
 
 
 def measure(name: str, module: torch.nn.Module, n: int, steps: int | None, seed: int) -> dict[str, Any]:
@@ -108,7 +95,7 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
 - **Steps:** {cfg['step']} (batch {tr['batch_size']}, Adam peak lr {tr['lr']:g}, warm-up {tr['warmup']} then cosine to 10%, grad-clip {tr['grad_clip']}, EMA {tr['ema_decay']})
 - **Loss:** {'n/a' if first is None else f'{first[1]:.4f} (mean of steps 1-{first[0]})'} → {cfg.get('final_loss')} (mean of the last {tr['log_every']} steps)
 - **Training wall time:** {cfg.get('wall_s')} s on {cfg.get('threads')} torch threads, torch {cfg.get('torch_version')}
-- **Machine:** {machine()} (shared with other jobs while training)
+- **Machine:** {cfg.get('machine') or machine()} (CPU shared with other jobs while training)
 - **Weights:** EMA weights, stored as float16 ({size / 1e6:.2f} MB), loaded as float32; {sum(p.numel() for p in module.parameters()):,} parameters
 - **Spec:** schedule `{spec.schedule.kind}` T={spec.schedule.num_train_timesteps}, prediction `{spec.prediction_type}`, sample shape {list(spec.sample_shape)}, clip {spec.clip}, sampler defaults {spec.sampler_defaults}
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +33,20 @@ from ddpm_rt.schedule import forward_coefficients, interp_levels
 from ddpm_rt.spec import DiffusionSpec
 from ddpm_rt.train import checkpoint as ck
 from ddpm_rt.train.datasets import load_dataset
+
+
+def machine() -> str:
+    """CPU model, visible cores and OS, for checkpoint configs and model cards."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.machine()}"
 
 
 @dataclass(frozen=True)
@@ -216,6 +232,7 @@ def train(
             "final_loss": history[-1][1] if history else None,
             "loss_history": history,
             "threads": torch.get_num_threads(),
+            "machine": machine(),
             "torch_version": torch.__version__,
             "command": command,
         }, out / ck.CONFIG_FILE)
