@@ -130,7 +130,7 @@ def test_parity_failure_is_an_export_error_and_writes_nothing(tmp_path, monkeypa
     out = tmp_path / "s.onnx"
     out.write_bytes(b"previous")
     real = SE.reference_loop
-    monkeypatch.setattr(SE, "reference_loop", lambda *a: real(*a) + 1e-3)
+    monkeypatch.setattr(SE, "reference_loop", lambda *a, **k: real(*a, **k) + 1e-3)
     with pytest.raises(ExportError, match="differs from the Python loop by 0.001"):
         SE.export_sampler_graph(tiny_denoiser((2,)), MANIFEST, VECTOR, SamplerSpec("ddim", 4), out)
     assert out.read_bytes() == b"previous"
