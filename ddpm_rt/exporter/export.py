@@ -48,7 +48,7 @@ class ExportOptions:
     verify: bool = True
     tolerance: float | None = None  # single-call max-abs; None = per-precision default
     trajectory_steps: int = TRAJECTORY_STEPS  # 0 = skip the trajectory comparison
-    trajectory_batch: int = 2
+    trajectory_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

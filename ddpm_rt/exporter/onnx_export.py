@@ -126,7 +126,9 @@ def _dims(value_info) -> list[int] | None:
 def macs_per_sample(model: onnx.ModelProto) -> int | None:
     """Multiply-accumulates of Conv / ConvTranspose / MatMul / Gemm at batch 1 (None if unknown).
 
-    Shape inference runs on a copy with the batch axis fixed to 1; element-wise ops are ignored.
+    Shapes come from ONNX Runtime's symbolic shape inference (it follows the Shape → Reshape
+    chains of attention blocks, which onnx's own inference leaves unknown) on a copy with the
+    batch axis fixed to 1; element-wise ops are ignored.
     """
     import onnx
 
@@ -138,9 +140,15 @@ def macs_per_sample(model: onnx.ModelProto) -> int | None:
             dims[0].dim_value = 1
     del m.graph.value_info[:]
     try:
-        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:  # noqa: BLE001 - FLOPs are a nicety
-        return None
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            m = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+    except Exception:  # noqa: BLE001 - fall back to onnx's inference
+        try:
+            m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+        except Exception:  # noqa: BLE001 - FLOPs are a nicety
+            return None
     shapes: dict[str, list[int] | None] = {}
     for vi in (*m.graph.input, *m.graph.value_info, *m.graph.output):
         shapes[vi.name] = _dims(vi)
