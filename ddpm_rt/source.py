@@ -1,7 +1,8 @@
 """ModelSource: one resolved model, whatever form the user named it in.
 
 `resolve_source` accepts a built-in name (or nothing: the shipped default), a
-`ddpm-rt train` checkpoint directory, or an exported bundle (directory or .onnx).
+`ddpm-rt train` checkpoint directory, a diffusers pipeline / UNet2DModel folder
+(schedule from its scheduler config), or an exported bundle (directory or .onnx).
 Backends ask it for what they need: an nn.Module (torch backends) or a bundle
 directory with `denoiser.onnx` (ORT / TensorRT), exported and cached on demand.
 """
@@ -64,6 +65,14 @@ def _checkpoint(path: Path) -> ModelSource:
     return ModelSource(f"checkpoint:{path.resolve()}", spec, lambda: module, info={"config": config})
 
 
+def _diffusers(path: Path, layout: str) -> ModelSource:
+    from ddpm_rt.exporter import diffusers_source
+
+    src = diffusers_source.load(path, layout, None, allow_pickle=False)  # validates now
+    return ModelSource(f"diffusers:{path.resolve()}", src.spec, lambda: src.module, notes=src.notes,
+                       info=src.info)
+
+
 def _bundle(path: Path) -> ModelSource:
     from ddpm_rt.exporter.bundle import load_bundle
 
@@ -75,6 +84,13 @@ def _bundle(path: Path) -> ModelSource:
         load_module = _builtin(ref).load_module
     elif kind == "checkpoint" and ref and Path(ref).is_dir():
         load_module = _checkpoint(Path(ref)).load_module
+    elif kind == "diffusers" and ref and Path(ref).is_dir():
+        from ddpm_rt.exporter import diffusers_source
+
+        layout = diffusers_source.detect(Path(ref))
+        if layout is not None:
+            def load_module() -> torch.nn.Module:
+                return diffusers_source.load(Path(ref), layout, None, allow_pickle=False).module
     return ModelSource(
         f"bundle:{bundle.directory.resolve()}", bundle.spec, load_module, bundle=bundle.directory,
         info={"manifest": bundle.manifest},
@@ -99,8 +115,13 @@ def resolve_source(source: str | None) -> ModelSource:
         return _bundle(path)
     if path.is_dir() and (path / "config.json").exists() and (path / "model.safetensors").exists():
         return _checkpoint(path)
+    from ddpm_rt.exporter.diffusers_source import detect
+
+    layout = detect(path)
+    if layout is not None:
+        return _diffusers(path, layout)
     raise SourceError(
         f"{source} is neither a bundle (ddpm_rt.json + denoiser.onnx) nor a `ddpm-rt train` "
-        "checkpoint (config.json + model.safetensors); for a diffusers folder or your own module "
-        "run `ddpm-rt export` first"
+        "checkpoint (config.json + model.safetensors) nor a diffusers folder; for your own module "
+        "run `ddpm-rt export --model package.module:factory` first"
     )

@@ -91,3 +91,17 @@ def test_diffusers_missing_is_a_clear_error(folders, tmp_path: Path, capsys, mon
     proc = call_main(capsys, "export", str(bare), "--out", str(out))
     assert_one_line_error(proc, "needs the diffusers package", "pip install")
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_sample_reads_a_diffusers_pipeline(folders, backend: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    import numpy as np
+
+    _, pipe = folders
+    monkeypatch.setenv("DDPM_RT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "s.npy"
+    proc = call_main(capsys, "sample", str(pipe), "--backend", backend, "--steps", "3", "--batch", "2",
+                     "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    samples = np.load(out)
+    assert samples.shape == (2, 3, 8, 8) and np.all(np.abs(samples) <= 1.0 + 1e-6)  # clip_sample
