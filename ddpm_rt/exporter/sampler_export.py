@@ -26,6 +26,7 @@ from ddpm_rt.exporter.sampler_graph import (
     GRAPH_KINDS,
     build_loop_graph,
     build_step_graph,
+    build_unrolled_graph,
     check_model,
 )
 from ddpm_rt.fsutil import atomic_write
@@ -72,15 +73,15 @@ class SamplerExport:
 
 
 def resolve_graph_kind(graph: str, plan: SamplingPlan) -> str:
-    """`auto` -> loop for deterministic plans, step otherwise; refuse a loop for stochastic plans."""
+    """`auto` -> loop for deterministic plans, step otherwise; refuse loop / unrolled for stochastic plans."""
     if graph == "auto":
         return "step" if plan.stochastic else "loop"
     if graph not in GRAPH_KINDS:
-        raise ConfigError(f"unknown graph kind {graph!r}; choose auto, step or loop")
-    if graph == "loop" and plan.stochastic:
+        raise ConfigError(f"unknown graph kind {graph!r}; choose auto, {', '.join(GRAPH_KINDS)}")
+    if graph != "step" and plan.stochastic:
         s = plan.sampler
         raise ConfigError(
-            f"a full-loop graph needs a deterministic sampler, but {s.sampler} (eta={s.eta}) draws noise "
+            f"a full-loop ({graph}) graph needs a deterministic sampler, but {s.sampler} (eta={s.eta}) draws noise "
             "at every step; use --graph step (the host loops and supplies the noise), "
             "or --sampler ddim --eta 0"
         )
@@ -146,7 +147,7 @@ def _session(model: bytes | str, threads: int | None = None, level: str = "all")
 
 def run_fused(sess: Any, graph: str, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Run a fused graph: one Run for `loop`, a host loop over `step` for `step`."""
-    if graph == "loop":
+    if graph != "step":  # loop / unrolled: one Run
         return sess.run(["x_0"], {"x_init": x_init})[0]
     x = x_init
     for i in range(plan.steps):
@@ -207,7 +208,7 @@ def export_sampler_graph(
     plan = spec.plan(sampler)
     kind = resolve_graph_kind(graph, plan)
     description = sampler_metadata(plan, spec, kind)
-    build = build_loop_graph if kind == "loop" else build_step_graph
+    build = {"loop": build_loop_graph, "unrolled": build_unrolled_graph, "step": build_step_graph}[kind]
     props = {METADATA_KEY: json.dumps(manifest, sort_keys=True)}
     model = build(denoiser, plan, tuple(spec.sample_shape), props)
     check_model(model)

@@ -15,6 +15,12 @@ and a `SamplingPlan` (its tables stored as initializers, indexed with ``Gather``
       input    x_init float32 [B, ...]   x_T ~ N(0, I)
       output   x_0    float32 [B, ...]
 
+* **unrolled graph** (deterministic plans only) — the same inputs and output, the N steps
+  inlined one after another (weights shared). ONNX Runtime applies some rewrites only to a
+  main graph, never to a ``Loop`` body (on CPU: NCHWc convolutions), so for conv nets this
+  runs like a host loop over the plain denoiser, in one ``Run``; the price is a graph N
+  times larger and a slower session start.
+
 Per step, with the plan's row i (see `ddpm_rt.plan`)::
 
     t      = Expand(timesteps[i], [B])                               # (B,)
@@ -38,18 +44,18 @@ from ddpm_rt.plan import SamplingPlan
 
 PREFIX = "den/"  # every copied denoiser name lives under this prefix
 MIN_OPSET = 13  # Clip with tensor bounds, Loop with a scalar condition
-GRAPH_KINDS = ("step", "loop")
+GRAPH_KINDS = ("step", "loop", "unrolled")
 # The denoiser contract (design.md): inputs x, t; one output.
 DENOISER_INPUTS = ("x", "t")
 
 
-def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
-    """Rename every value in `graph` (and its subgraphs) in place: mapped names, else PREFIX+name."""
+def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str], prefix: str = PREFIX) -> None:
+    """Rename every value in `graph` (and its subgraphs) in place: mapped names, else prefix+name."""
 
     def name(n: str) -> str:
         if not n:  # an omitted optional input stays omitted
             return n
-        return mapping.get(n, PREFIX + n)
+        return mapping.get(n, prefix + n)
 
     for vi in (*graph.input, *graph.output, *graph.value_info):
         vi.name = name(vi.name)
@@ -59,13 +65,13 @@ def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
         node.input[:] = [name(n) for n in node.input]
         node.output[:] = [name(n) for n in node.output]
         if node.name:
-            node.name = PREFIX + node.name
+            node.name = prefix + node.name
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                _rename_graph(attr.g, mapping)
+                _rename_graph(attr.g, mapping, prefix)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    _rename_graph(g, mapping)
+                    _rename_graph(g, mapping, prefix)
 
 
 def _check_denoiser(model: onnx.ModelProto) -> int:
@@ -90,11 +96,15 @@ def _check_denoiser(model: onnx.ModelProto) -> int:
 
 
 def _denoiser_parts(
-    denoiser: onnx.ModelProto, x: str, t: str, out: str
+    denoiser: onnx.ModelProto, x: str, t: str, out: str, prefix: str = PREFIX
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The denoiser's nodes and initializers, renamed so they read `x`, `t` and write `out`."""
+    """The denoiser's nodes and initializers, renamed so they read `x`, `t` and write `out`.
+
+    Initializers are always named PREFIX+name, so copies with other prefixes share them.
+    """
     g = copy.deepcopy(denoiser.graph)
-    _rename_graph(g, {"x": x, "t": t, g.output[0].name: out})
+    shared = {i.name: PREFIX + i.name for i in g.initializer}
+    _rename_graph(g, {**shared, "x": x, "t": t, g.output[0].name: out}, prefix)
     return list(g.node), list(g.initializer)
 
 
@@ -245,3 +255,31 @@ def check_model(model: onnx.ModelProto) -> None:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ExportError(f"the fused sampler graph is not valid ONNX: {first}") from None
+
+
+def build_unrolled_graph(
+    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str]
+) -> onnx.ModelProto:
+    """Every step inlined in sequence (deterministic plans): x_init -> x_0, weights shared.
+
+    Same inputs and outputs as the full-loop graph; a straight graph lets ONNX Runtime apply
+    its main-graph-only rewrites (NCHWc convolutions on CPU) to every step.
+    """
+    assert not plan.stochastic, "the unrolled graph has no noise input"
+    opset = _check_denoiser(denoiser)
+    nodes: list[onnx.NodeProto] = []
+    inits = [*_plan_tables(plan)]
+    x = "x_init"
+    for i in range(plan.steps):
+        step = f"unroll/step{i}"
+        inits.append(_scalar(step, i, np.int64))
+        x_next = "x_0" if i == plan.steps - 1 else f"unroll/x{i + 1}"
+        before, after, t, out = _step_nodes(plan, x, step, None, x_next, tag=f"@{i}")
+        den_nodes, den_inits = _denoiser_parts(denoiser, x, t, out, prefix=f"den{i}/")
+        if i == 0:
+            inits += den_inits
+        nodes += [*before, *den_nodes, *after]
+        x = x_next
+    graph = helper.make_graph(nodes, "ddpm_rt_unrolled", inputs=[_tensor_info("x_init", sample_shape)],
+                              outputs=[_tensor_info("x_0", sample_shape)], initializer=inits)
+    return _model(graph, denoiser, opset, metadata)

@@ -5,7 +5,7 @@
 //                   [--batch B --seed S] [--start K] [--stop M] [--threads T] [--opt-level L]
 //
 // Everything the host needs is read from the model's metadata_props (key `ddpm_rt_sampler`):
-// which graph it is (step | loop), the input names, dtypes and shapes, the step count and which
+// which graph it is (step | loop | unrolled), the input names, dtypes and shapes, the step count and which
 // steps draw noise. Inputs are validated against it before ONNX Runtime is called; a bad input
 // ends with one `error: ...` line on stderr and exit code 2.
 //
@@ -222,7 +222,7 @@ function readSamplerGraph(path) {
   } catch {
     throw new InputError(`${path}: '${SAMPLER_KEY}' metadata is not valid JSON`);
   }
-  if (desc.format !== SUPPORTED_FORMAT || !['step', 'loop'].includes(desc.graph)) {
+  if (desc.format !== SUPPORTED_FORMAT || !['step', 'loop', 'unrolled'].includes(desc.graph)) {
     throw new InputError(`${path}: sampler format ${desc.format} / graph ${desc.graph} is not supported by this host (format ${SUPPORTED_FORMAT})`);
   }
   return { bytes, desc };
@@ -237,7 +237,7 @@ async function main() {
   const start = intOption(opts, 'start', 0, steps) ?? 0;
   const stop = intOption(opts, 'stop', 0, steps) ?? steps;
   if (start >= stop) throw new InputError(`--start (${start}) must be < --stop (${stop}); the plan has steps 0..${steps - 1}`);
-  if (desc.graph === 'loop' && (start !== 0 || stop !== steps)) {
+  if (desc.graph !== 'step' && (start !== 0 || stop !== steps)) {
     throw new InputError(`the full-loop graph always runs all ${steps} steps; --start/--stop need a step graph`);
   }
   const threads = intOption(opts, 'threads', 1, 1024);
@@ -263,7 +263,7 @@ async function main() {
   let noise = null;
   const noisy = new Set(desc.noise_steps);
   if (opts.noise) {
-    if (desc.graph === 'loop') throw new InputError('the full-loop graph is deterministic and takes no --noise');
+    if (desc.graph !== 'step') throw new InputError('the full-loop graph is deterministic and takes no --noise');
     const arr = readNpy(opts.noise, '--noise');
     if (!sameShape(arr.shape, [steps, ...xDims])) {
       throw new InputError(`--noise has shape [${arr.shape}]; this graph needs [${[steps, ...xDims]}] (steps, batch, ...sample)`);
@@ -280,7 +280,7 @@ async function main() {
   const inputNames = desc.inputs.map((i) => i.name);
   const outputName = desc.outputs[0].name;
   const t0 = performance.now();
-  if (desc.graph === 'loop') {
+  if (desc.graph !== 'step') {
     const feeds = { [inputNames[0]]: new ort.Tensor('float32', x, xDims) };
     const res = await session.run(feeds);
     x = res[outputName].data;

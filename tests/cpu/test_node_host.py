@@ -138,3 +138,19 @@ def test_node_refuses_bad_input(node_host, digits, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, proc.stderr)
     assert not (tmp_path / "never.npy").exists()
+
+
+def test_node_runs_an_unrolled_graph(node_host, tmp_path):
+    """The unrolled variant (same I/O as the full-loop graph) on a tiny hand-built denoiser."""
+    from tests.cpu.test_sampler_graph import IMAGE, MANIFEST, tiny_denoiser
+
+    den = tiny_denoiser(IMAGE.sample_shape)
+    res = SE.export_sampler_graph(den, MANIFEST, IMAGE, SamplerSpec("ddim", 8), tmp_path / "u.onnx", "unrolled")
+    x = np.random.default_rng(1).standard_normal((4, *IMAGE.sample_shape), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = _node(node_host, "--model", str(tmp_path / "u.onnx"), "--x-init", str(tmp_path / "x.npy"),
+                 "--out", str(tmp_path / "o.npy"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["graph"] == "unrolled"
+    ref = SE.reference_loop(den.SerializeToString(), res.plan, x, np.zeros((8, *x.shape), np.float32))
+    assert np.max(np.abs(np.load(tmp_path / "o.npy") - ref)) <= TOL
