@@ -1,10 +1,10 @@
 """Step-by-step parity of our DDPM/DDIM plans with diffusers' DDPMScheduler and DDIMScheduler.
 
-`sample_loop` is driven with a model callable that, at step i, receives our current x,
-computes diffusers' step in float64 from that same x, model output and noise, and at
-step i+1 checks that the x it receives equals that reference. Comparing per step keeps
-float32 error from accumulating over 1000 steps into the comparison. (The loop records the
-x it hands the model at each step; the references are then computed from those same x.)
+`sample_loop` is driven with a model callable that records the x it receives at each step
+and returns a fixed output. For step i, diffusers' step is then computed in float64 from
+that same x_i, model output and noise row, and compared with x_{i+1} (the x handed to the
+model at the next step, or the final result). Comparing per step keeps float32 error from
+accumulating over 1000 steps into the comparison.
 Every step is checked for N <= 50. At N = 1000 every 4th step is checked, plus the first and
 last four, with the phase rotating across cases so that together they check every timestep:
 a diffusers step costs ~0.15 ms and the matrix has 243 cases of that length.
