@@ -112,9 +112,11 @@ def _scalar(name: str, value: float, dtype: type = np.float32) -> onnx.TensorPro
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
 
-def _plan_tables(plan: SamplingPlan) -> list[onnx.TensorProto]:
+def _plan_tables(plan: SamplingPlan, noise: bool = True) -> list[onnx.TensorProto]:
     """The plan's per-step columns as float32 [N] initializers (sampling order)."""
-    cols = {"timesteps": plan.timesteps, "a": plan.a, "b": plan.b, "sigma": plan.sigma}
+    cols = {"timesteps": plan.timesteps, "a": plan.a, "b": plan.b}
+    if noise:
+        cols["sigma"] = plan.sigma
     if plan.clip is not None:
         cols |= {"cx": plan.cx, "co": plan.co, "p0": plan.p0}
     tabs = [numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float32), f"plan/{k}")
@@ -136,10 +138,11 @@ def _step_nodes(
     """
     n = lambda s: f"{s}{tag}"  # noqa: E731 - a local naming helper
     t, out = n("t"), n("out")
+    columns = ("timesteps", "a", "b") + (("sigma",) if noise else ()) + (("cx", "co", "p0") if plan.clip else ())
     before = [
         # coefficients of row `step`: 0-d scalars that broadcast over (B, ...)
         *[helper.make_node("Gather", [f"plan/{c}", step], [n(f"c_{c}")], name=n(f"gather_{c}"))
-          for c in (("timesteps", "a", "b", "sigma") + (("cx", "co", "p0") if plan.clip else ()))],
+          for c in columns],
         # t = Expand(timesteps[step], [B])                                    # (B,)
         helper.make_node("Shape", [x], [n("x_shape")], name=n("shape")),
         helper.make_node("Slice", [n("x_shape"), "plan/zero1", "plan/one1"], [n("batch")], name=n("batch")),
@@ -243,7 +246,7 @@ def build_loop_graph(
         outputs=[_tensor_info("x_0", sample_shape)],
         initializer=[_scalar("loop/trip_count", plan.steps, np.int64),
                      numpy_helper.from_array(np.array(True), "loop/cond"),
-                     *_plan_tables(plan), *den_inits],
+                     *_plan_tables(plan, noise=False), *den_inits],
     )
     return _model(graph, denoiser, opset, metadata)
 
@@ -268,7 +271,7 @@ def build_unrolled_graph(
     assert not plan.stochastic, "the unrolled graph has no noise input"
     opset = _check_denoiser(denoiser)
     nodes: list[onnx.NodeProto] = []
-    inits = [*_plan_tables(plan)]
+    inits = [*_plan_tables(plan, noise=False)]
     x = "x_init"
     for i in range(plan.steps):
         step = f"unroll/step{i}"
