@@ -76,7 +76,7 @@ BUILTIN: dict[str, BuiltinModel] = {
                     "num_res_blocks": 1, "attn_levels": [1], "heads": 1},
             dataset="digits16",
             factory=_unet,
-            train_defaults={"steps": 3200, "batch_size": 64, "lr": 2e-3},
+            train_defaults={"steps": 2000, "batch_size": 64, "lr": 2e-3},
         ),
         BuiltinModel(
             name="swissroll",
@@ -107,7 +107,7 @@ BUILTIN: dict[str, BuiltinModel] = {
                     "image_size": 16, "num_steps": 16},
             dataset="digits16",
             factory=_interp,
-            train_defaults={"steps": 4000, "batch_size": 64, "lr": 8e-4},
+            train_defaults={"steps": 2500, "batch_size": 64, "lr": 8e-4},
         ),
         BuiltinModel(
             name="vit-digits",
@@ -122,7 +122,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 96, "depth": 4, "heads": 4},
             dataset="digits16",
             factory=_vit,
-            train_defaults={"steps": 6000, "batch_size": 64, "lr": 1e-3},
+            train_defaults={"steps": 3000, "batch_size": 64, "lr": 1e-3},
         ),
     )
 }

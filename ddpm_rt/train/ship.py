@@ -41,10 +41,10 @@ def _fmt_report(r: dict[str, Any]) -> str:
     s = r["sampler"]
     head = f"{s['sampler']} {s['steps']} steps" + (f", step_scale {s['step_scale']}" if s["sampler"] == "geometric" else "")
     if r["dataset"] == "digits16":
-        return (f"| {head} | {r['n_samples']} | {r['fd']:.2f} | {r['fd_real_vs_real']:.2f} | "
+        return (f"| {head} | {r['n_samples']} | {r['fd']:.2f} | {r['fd_real_vs_real']:.2f} ± {r['fd_real_vs_real_std']:.2f} | "
                 f"{r['fd_ratio']:.2f} | {r['mean_confidence']:.3f} | {r['class_counts']} |")
-    return (f"| {head} | {r['n_samples']} | {r['energy_distance']:.5f} | {r['energy_distance_real_vs_real']:.5f} | "
-            f"{r['sliced_wasserstein']:.4f} | {r['sliced_wasserstein_real_vs_real']:.4f} | {r['sw_ratio']:.2f} |")
+    return (f"| {head} | {r['n_samples']} | {r['energy_distance']:.5f} | {r['energy_distance_real_vs_real']:.5f} ± {r['energy_distance_real_vs_real_std']:.5f} | "
+            f"{r['sliced_wasserstein']:.4f} | {r['sliced_wasserstein_real_vs_real']:.4f} ± {r['sliced_wasserstein_real_vs_real_std']:.4f} | {r['sw_ratio']:.2f} |")
 
 
 def _table(reports: list[dict[str, Any]]) -> str:
@@ -86,6 +86,7 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
     hist = cfg.get("loss_history", [])
     first = hist[0] if hist else None
     size = (out / ck.MODEL_FILE).stat().st_size
+    quality_draws = trained[0]["reference_draws"]
     card = f"""# {name} — shipped weights
 
 {builtin.description}.
@@ -94,7 +95,7 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
 - **Data:** `{builtin.dataset}` training split (ddpm_rt/train/datasets.py; fixed seeds)
 - **Steps:** {cfg['step']} (batch {tr['batch_size']}, Adam peak lr {tr['lr']:g}, warm-up {tr['warmup']} then cosine to 10%, grad-clip {tr['grad_clip']}, EMA {tr['ema_decay']})
 - **Loss:** {'n/a' if first is None else f'{first[1]:.4f} (mean of steps 1-{first[0]})'} → {cfg.get('final_loss')} (mean of the last {tr['log_every']} steps)
-- **Training wall time:** {cfg.get('wall_s')} s on {cfg.get('threads')} torch threads, torch {cfg.get('torch_version')}
+- **Training wall time:** {cfg.get('wall_s')} s on {cfg.get('threads')} torch thread(s), torch {cfg.get('torch_version')}
 - **Machine:** {cfg.get('machine') or machine()} (CPU shared with other jobs while training)
 - **Weights:** EMA weights, stored as float16 ({size / 1e6:.2f} MB), loaded as float32; {sum(p.numel() for p in module.parameters()):,} parameters
 - **Spec:** schedule `{spec.schedule.kind}` T={spec.schedule.num_train_timesteps}, prediction `{spec.prediction_type}`, sample shape {list(spec.sample_shape)}, clip {spec.clip}, sampler defaults {spec.sampler_defaults}
@@ -103,7 +104,8 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
 
 Samples from the shipped (float16-rounded) weights via `spec.plan` + `sample_loop`, seed {seed}, scored by
 `ddpm_rt.quality.report.quality_report` against the held-out split. The real-vs-real reference
-scores the same number of real training images (disjoint from the held-out split) the same way.
+scores the same number of real training examples (disjoint from the held-out split) the same way:
+mean ± std over {quality_draws} fixed-seed draws.
 
 {_table(trained)}
 
