@@ -6,7 +6,7 @@ It travels with every model form: built-in models, `ddpm-rt train` checkpoints
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ddpm_rt.errors import ConfigError
@@ -48,6 +48,12 @@ class DiffusionSpec:
         """The default sampler for this model, with the model's own defaults then `overrides`."""
         merged = {**self.sampler_defaults, **{k: v for k, v in overrides.items() if v is not None}}
         name = merged.pop("sampler", None)
+        unknown = sorted(set(merged) - {f.name for f in fields(SamplerSpec)})
+        if unknown:
+            raise ConfigError(
+                f"unknown sampler setting(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(f.name for f in fields(SamplerSpec))}"
+            )
         base = default_sampler(self.schedule, steps)
         if name is not None:
             base = replace(base, sampler=name)
