@@ -32,11 +32,17 @@ def export_sampler(
 ) -> None:
     """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop."""
     from ddpm_rt.exporter.bundle import load_bundle
-    from ddpm_rt.exporter.sampler_export import export_sampler_graph, load_denoiser
+    from ddpm_rt.exporter.sampler_export import (
+        export_sampler_graph,
+        is_sampler_graph,
+        load_denoiser,
+    )
     from ddpm_rt.source import resolve_source
 
     if out.suffix != ".onnx":
         raise ConfigError(f"--out must name an .onnx file, got {out}")
+    if bundle.endswith(".onnx") and Path(bundle).is_file() and is_sampler_graph(Path(bundle)):
+        raise ConfigError(f"{bundle} is already a sampler graph; give the bundle it was exported from")
     src = resolve_source(bundle)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)

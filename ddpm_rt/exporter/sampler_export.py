@@ -189,6 +189,15 @@ def verify(model: onnx.ModelProto, denoiser: onnx.ModelProto, graph: str, plan: 
     return figures
 
 
+def is_sampler_graph(path: Path) -> bool:
+    """True for an .onnx written by `export_sampler_graph` (it has the SAMPLER_KEY metadata)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable: let the bundle loader report it
+        return False
+    return any(p.key == SAMPLER_KEY for p in model.metadata_props)
+
+
 def load_denoiser(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))

@@ -204,3 +204,6 @@ def test_cli_bad_bundle_and_out(tmp_path):
     proc = run_cli("export-sampler", str(tmp_path), "--out", str(tmp_path / "s.txt"))
     assert_one_line_error(proc, ".onnx")
     assert proc.returncode == 2
+    SE.export_sampler_graph(tiny_denoiser((2,)), MANIFEST, VECTOR, SamplerSpec("ddim", 3), tmp_path / "g.onnx")
+    proc = run_cli("export-sampler", str(tmp_path / "g.onnx"), "--out", str(tmp_path / "s.onnx"))
+    assert_one_line_error(proc, "already a sampler graph")
