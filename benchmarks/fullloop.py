@@ -1,8 +1,5 @@
 """The full-loop graph (one ORT `Run` for every step) vs the Python ORT loop vs eager PyTorch.
 
-Also timed: the unrolled graph (`export-sampler --graph unrolled`: the same single Run, every
-step inlined; ORT applies its main-graph-only CPU rewrites to it, which a Loop body misses).
-
 Same model, same plan, same x_T, same batch, side by side in one process. Each round runs
 every contender once in turn (so machine-load swings hit all of them alike), after warm-up;
 median, p10/p90 and min of the end-to-end sampling time are reported, with the machine,
@@ -72,7 +69,7 @@ def _stats(times: list[float]) -> dict[str, float]:
             "max_ms": ms[-1], "runs": len(ms)}
 
 
-def prepare(name: str, steps: int, threads: int, workdir: Path, unrolled: bool) -> dict[str, Any]:
+def prepare(name: str, steps: int, threads: int, workdir: Path) -> dict[str, Any]:
     """Bundle, plan, full-loop graph session and eager module for `name` (once per model)."""
     import onnxruntime as ort
     import torch
@@ -98,10 +95,6 @@ def prepare(name: str, steps: int, threads: int, workdir: Path, unrolled: bool) 
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     graphs = {"fullloop_graph": exported.path}
-    if unrolled:
-        graphs["unrolled_graph"] = export_sampler_graph(
-            load_denoiser(bundle.onnx_path), bundle.manifest, bundle.spec, sampler,
-            workdir / f"{name}_unrolled.onnx", graph="unrolled").path
     sessions, session_s = {}, {}
     for k, path in graphs.items():
         t0 = time.perf_counter()
@@ -194,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds-large", type=int, default=None,
                    help="rounds for batches >= 16 (default: --rounds); eager digits at batch 64 takes seconds")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
-    p.add_argument("--no-unrolled", action="store_true", help="skip the unrolled-graph contender")
     args = p.parse_args(argv)
 
     from ddpm_rt.fsutil import atomic_write_text
@@ -203,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     load_before = [round(v, 2) for v in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="ddpm_rt_fullloop_") as tmp:
-        m = prepare(args.model, steps, args.threads, Path(tmp), unrolled=not args.no_unrolled)
+        m = prepare(args.model, steps, args.threads, Path(tmp))
         results = []
         for b in batches:
             print(f"{args.model}: batch {b} ...", file=sys.stderr, flush=True)

@@ -25,9 +25,8 @@ def export_sampler(
     spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
     step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling.")] = None,
     graph: Annotated[str, typer.Option(help="step: one step per Run (host loops, any sampler); loop: all steps "
-                                       "in one Run via an ONNX Loop (deterministic samplers); unrolled: all steps "
-                                       "inlined, one Run (deterministic; faster for conv nets on CPU, bigger "
-                                       "graph, slower session start); auto: loop when deterministic.")] = "auto",
+                                       "in one Run via an ONNX Loop (deterministic samplers); auto: loop when "
+                                       "deterministic.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop."""

@@ -15,12 +15,6 @@ and a `SamplingPlan` (its tables stored as initializers, indexed with ``Gather``
       input    x_init float32 [B, ...]   x_T ~ N(0, I)
       output   x_0    float32 [B, ...]
 
-* **unrolled graph** (deterministic plans only) — the same inputs and output, the N steps
-  inlined one after another (weights shared). ONNX Runtime applies some rewrites only to a
-  main graph, never to a ``Loop`` body (on CPU: NCHWc convolutions), so for conv nets this
-  runs like a host loop over the plain denoiser, in one ``Run``; the price is a graph N
-  times larger and a slower session start.
-
 Per step, with the plan's row i (see `ddpm_rt.plan`)::
 
     t      = Expand(timesteps[i], [B])                               # (B,)
@@ -44,18 +38,18 @@ from ddpm_rt.plan import SamplingPlan
 
 PREFIX = "den/"  # every copied denoiser name lives under this prefix
 MIN_OPSET = 13  # Clip with tensor bounds, Loop with a scalar condition
-GRAPH_KINDS = ("step", "loop", "unrolled")
+GRAPH_KINDS = ("step", "loop")
 # The denoiser contract (design.md): inputs x, t; one output.
 DENOISER_INPUTS = ("x", "t")
 
 
-def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str], prefix: str = PREFIX) -> None:
-    """Rename every value in `graph` (and its subgraphs) in place: mapped names, else prefix+name."""
+def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename every value in `graph` (and its subgraphs) in place: mapped names, else PREFIX+name."""
 
     def name(n: str) -> str:
         if not n:  # an omitted optional input stays omitted
             return n
-        return mapping.get(n, prefix + n)
+        return mapping.get(n, PREFIX + n)
 
     for vi in (*graph.input, *graph.output, *graph.value_info):
         vi.name = name(vi.name)
@@ -65,13 +59,13 @@ def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str], prefix: str =
         node.input[:] = [name(n) for n in node.input]
         node.output[:] = [name(n) for n in node.output]
         if node.name:
-            node.name = prefix + node.name
+            node.name = PREFIX + node.name
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                _rename_graph(attr.g, mapping, prefix)
+                _rename_graph(attr.g, mapping)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    _rename_graph(g, mapping, prefix)
+                    _rename_graph(g, mapping)
 
 
 def _check_denoiser(model: onnx.ModelProto) -> int:
@@ -96,15 +90,11 @@ def _check_denoiser(model: onnx.ModelProto) -> int:
 
 
 def _denoiser_parts(
-    denoiser: onnx.ModelProto, x: str, t: str, out: str, prefix: str = PREFIX
+    denoiser: onnx.ModelProto, x: str, t: str, out: str
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The denoiser's nodes and initializers, renamed so they read `x`, `t` and write `out`.
-
-    Initializers are always named PREFIX+name, so copies with other prefixes share them.
-    """
+    """The denoiser's nodes and initializers, renamed so they read `x`, `t` and write `out`."""
     g = copy.deepcopy(denoiser.graph)
-    shared = {i.name: PREFIX + i.name for i in g.initializer}
-    _rename_graph(g, {**shared, "x": x, "t": t, g.output[0].name: out}, prefix)
+    _rename_graph(g, {"x": x, "t": t, g.output[0].name: out})
     return list(g.node), list(g.initializer)
 
 
@@ -223,8 +213,11 @@ def build_loop_graph(
     """
     assert not plan.stochastic, "the full-loop graph has no noise input"
     opset = _check_denoiser(denoiser)
-    # Loop body: (iteration i, cond, x_i) -> (cond, x_{i+1}); the tables and the denoiser's
-    # weights stay initializers of the main graph, read from the outer scope.
+    # Loop body: (iteration i, cond, x_i) -> (cond, x_{i+1}). The denoiser's weights are
+    # initializers of the body itself, not read from the outer scope: ONNX Runtime's CPU
+    # layout rewrite (NCHWc convolutions) must re-pack a Conv's weights in the Conv's own
+    # graph, so with outer-scope weights a Loop body would run slower, different kernels
+    # than a plain denoiser session. The small plan tables stay in the main graph.
     before, after, t, out = _step_nodes(plan, "body/x", "body/i", None, "body/x_next", tag="@body")
     den_nodes, den_inits = _denoiser_parts(denoiser, "body/x", t, out)
     body = helper.make_graph(
@@ -236,6 +229,7 @@ def build_loop_graph(
                 _tensor_info("body/x", sample_shape)],
         outputs=[helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
                  _tensor_info("body/x_next", sample_shape)],
+        initializer=den_inits,
     )
     loop = helper.make_node("Loop", ["loop/trip_count", "loop/cond", "x_init"], ["x_0"],
                             name="sampler_loop", body=body)
@@ -246,7 +240,7 @@ def build_loop_graph(
         outputs=[_tensor_info("x_0", sample_shape)],
         initializer=[_scalar("loop/trip_count", plan.steps, np.int64),
                      numpy_helper.from_array(np.array(True), "loop/cond"),
-                     *_plan_tables(plan, noise=False), *den_inits],
+                     *_plan_tables(plan, noise=False)],
     )
     return _model(graph, denoiser, opset, metadata)
 
@@ -259,30 +253,3 @@ def check_model(model: onnx.ModelProto) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ExportError(f"the fused sampler graph is not valid ONNX: {first}") from None
 
-
-def build_unrolled_graph(
-    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str]
-) -> onnx.ModelProto:
-    """Every step inlined in sequence (deterministic plans): x_init -> x_0, weights shared.
-
-    Same inputs and outputs as the full-loop graph; a straight graph lets ONNX Runtime apply
-    its main-graph-only rewrites (NCHWc convolutions on CPU) to every step.
-    """
-    assert not plan.stochastic, "the unrolled graph has no noise input"
-    opset = _check_denoiser(denoiser)
-    nodes: list[onnx.NodeProto] = []
-    inits = [*_plan_tables(plan, noise=False)]
-    x = "x_init"
-    for i in range(plan.steps):
-        step = f"unroll/step{i}"
-        inits.append(_scalar(step, i, np.int64))
-        x_next = "x_0" if i == plan.steps - 1 else f"unroll/x{i + 1}"
-        before, after, t, out = _step_nodes(plan, x, step, None, x_next, tag=f"@{i}")
-        den_nodes, den_inits = _denoiser_parts(denoiser, x, t, out, prefix=f"den{i}/")
-        if i == 0:
-            inits += den_inits
-        nodes += [*before, *den_nodes, *after]
-        x = x_next
-    graph = helper.make_graph(nodes, "ddpm_rt_unrolled", inputs=[_tensor_info("x_init", sample_shape)],
-                              outputs=[_tensor_info("x_0", sample_shape)], initializer=inits)
-    return _model(graph, denoiser, opset, metadata)

@@ -5,7 +5,7 @@
 //                   [--batch B --seed S] [--start K] [--stop M] [--threads T] [--opt-level L]
 //
 // Everything the host needs is read from the model's metadata_props (key `ddpm_rt_sampler`):
-// which graph it is (step | loop | unrolled), the input names, dtypes and shapes, the step count and which
+// which graph it is (step | loop), the input names, dtypes and shapes, the step count and which
 // steps draw noise. Inputs are validated against it before ONNX Runtime is called; a bad input
 // ends with one `error: ...` line on stderr and exit code 2.
 //
@@ -222,7 +222,7 @@ function readSamplerGraph(path) {
   } catch {
     throw new InputError(`${path}: '${SAMPLER_KEY}' metadata is not valid JSON`);
   }
-  if (desc.format !== SUPPORTED_FORMAT || !['step', 'loop', 'unrolled'].includes(desc.graph)) {
+  if (desc.format !== SUPPORTED_FORMAT || !['step', 'loop'].includes(desc.graph)) {
     throw new InputError(`${path}: sampler format ${desc.format} / graph ${desc.graph} is not supported by this host (format ${SUPPORTED_FORMAT})`);
   }
   return { bytes, desc };

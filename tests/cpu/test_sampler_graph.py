@@ -59,12 +59,11 @@ def _run_file(path, graph: str, plan, x_init, noise):
 @pytest.mark.parametrize("spec", [IMAGE, VECTOR], ids=["image-clip", "vector"])
 @pytest.mark.parametrize("sampler,graph", [
     (SamplerSpec("ddim", 12), "loop"),
-    (SamplerSpec("ddim", 12), "unrolled"),
     (SamplerSpec("ddim", 12), "step"),
     (SamplerSpec("ddim", 12, eta=1.0), "step"),
     (SamplerSpec("ddpm", 12), "step"),
     (SamplerSpec("ddpm", 7, spacing="linspace", variance_type="fixed_large"), "step"),
-], ids=["ddim-loop", "ddim-unrolled", "ddim-step", "ddim-eta1-step", "ddpm-step", "ddpm-linspace-large-step"])
+], ids=["ddim-loop", "ddim-step", "ddim-eta1-step", "ddpm-step", "ddpm-linspace-large-step"])
 def test_fused_graph_matches_python_loop(tmp_path, rng, spec, sampler, graph):
     den = tiny_denoiser(spec.sample_shape)
     out = tmp_path / "s.onnx"
@@ -117,23 +116,23 @@ def test_metadata_describes_the_graph(tmp_path):
     assert model.ir_version <= 10  # loadable by older ORT builds in hosts
 
 
-def test_unrolled_graph_shares_the_weights(tmp_path):
-    den = tiny_denoiser(IMAGE.sample_shape)
-    res = SE.export_sampler_graph(den, MANIFEST, IMAGE, SamplerSpec("ddim", 6), tmp_path / "u.onnx", "unrolled")
-    model = onnx.load(str(tmp_path / "u.onnx"))
-    desc = json.loads({p.key: p.value for p in model.metadata_props}[SE.SAMPLER_KEY])
-    assert desc["graph"] == "unrolled" and [i["name"] for i in desc["inputs"]] == ["x_init"]
-    assert sum(n.op_type == "Conv" for n in model.graph.node) == res.plan.steps
-    assert sum(i.name == "den/w" for i in model.graph.initializer) == 1
+def test_loop_body_holds_the_denoiser_weights(tmp_path):
+    """Weights live in the Loop body (so ORT's CPU layout rewrite applies there); tables outside."""
+    SE.export_sampler_graph(tiny_denoiser(IMAGE.sample_shape), MANIFEST, IMAGE, SamplerSpec("ddim", 6),
+                            tmp_path / "l.onnx", "loop")
+    model = onnx.load(str(tmp_path / "l.onnx"))
+    (loop,) = model.graph.node
+    body = loop.attribute[0].g
+    assert loop.op_type == "Loop" and "den/w" in {i.name for i in body.initializer}
+    assert "plan/a" in {i.name for i in model.graph.initializer}
+    assert [i.name for i in model.graph.input] == ["x_init"] and [o.name for o in model.graph.output] == ["x_0"]
 
 
 def test_full_loop_refused_for_stochastic_plans(tmp_path):
     for sampler in (SamplerSpec("ddpm", 5), SamplerSpec("ddim", 5, eta=0.5)):
-        for graph in ("loop", "unrolled"):
-            with pytest.raises(ConfigError, match="deterministic.*--graph step"):
-                SE.export_sampler_graph(tiny_denoiser((2,)), MANIFEST, VECTOR, sampler, tmp_path / "x.onnx",
-                                        graph=graph)
-    with pytest.raises(ConfigError, match="auto, step, loop, unrolled"):
+        with pytest.raises(ConfigError, match="deterministic.*--graph step"):
+            SE.export_sampler_graph(tiny_denoiser((2,)), MANIFEST, VECTOR, sampler, tmp_path / "x.onnx", graph="loop")
+    with pytest.raises(ConfigError, match="auto, step, loop"):
         SE.export_sampler_graph(tiny_denoiser((2,)), MANIFEST, VECTOR, SamplerSpec("ddim", 5),
                                 tmp_path / "x.onnx", graph="fused")
     assert not (tmp_path / "x.onnx").exists()
