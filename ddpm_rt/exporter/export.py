@@ -105,7 +105,8 @@ def export_bundle(
     tol = options.effective_tolerance
     batches = (contract.min_batch, contract.opt_batch)
     params = int(sum(p.numel() for p in src.module.parameters()))
-    t_trace = P.probe_timesteps(spec)[len(P.probe_timesteps(spec)) // 2]
+    probes = P.probe_timesteps(spec)
+    t_trace = probes[len(probes) // 2]
 
     with atomic_directory(out) as tmp:
         t0 = time.perf_counter()
@@ -129,7 +130,7 @@ def export_bundle(
             P.check_graph(fp32_path)
             ort32 = P.OrtModel(fp32_path)
             calls32 = P.call_parity(reference, ort32, spec, batches)
-            status(f"fp32 graph vs eager, batch {batches}, t {P.probe_timesteps(spec)}: {_fmt(calls32)}")
+            status(f"fp32 graph vs eager, batch {batches}, t {[float(f'{t:.4g}') for t in probes]}: {_fmt(calls32)}")
             if options.precision == "fp32":
                 P.check_tolerance(calls32, tol, "the ONNX graph")
             parity = {"precision": options.precision, "tolerance": tol, "max_abs": calls32["max_abs"],
