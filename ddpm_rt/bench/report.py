@@ -9,8 +9,8 @@ def _pct(share: dict[str, float] | None) -> str:
     return "n/a" if not share else f"{100 * share['median']:.1f}%"
 
 
-def _diff(v: float | None) -> str:
-    return "(baseline)" if v is None else f"{v:.1e}"
+def _diff(v: float | None, none: str = "n/a") -> str:
+    return none if v is None else f"{v:.1e}"
 
 
 def backend_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -29,13 +29,14 @@ def backend_rows(result: dict[str, Any]) -> list[list[str]]:
             f"{r['images_per_s']:.1f}",
             "" if r["speedup_vs_baseline"] is None else f"{r['speedup_vs_baseline']:.2f}x",
             f"{r['rss_delta_mb']:.0f}",
-            "(baseline)" if r["backend"] == base else _diff(r["max_abs_diff_vs_baseline"]),
+            "(baseline)" if r["backend"] == base else
+            f"{_diff(r['max_abs_diff_vs_baseline'])} (1st call {_diff(r.get('max_abs_diff_first_call'))})",
         ])
     return rows
 
 
 HEADER = ["batch", "backend", "e2e s median (p10-p90 spread)", "step ms median / p90",
-          "call ms median", "outside call", "images/s", "speed-up", "RSS +MB", "max |diff| vs eager"]
+          "call ms median", "outside call", "images/s", "speed-up", "RSS +MB", "max |diff| vs eager: final (first call)"]
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:

@@ -155,6 +155,13 @@ def _row(o: _Opened, batch: int, plan: SamplingPlan, ref: np.ndarray | None) -> 
     return row
 
 
+def _first_calls(opened: list[_Opened], plan: SamplingPlan, x_init: np.ndarray) -> dict[str, np.ndarray]:
+    """Each host backend's output for the first step's input: a call-level parity figure that
+    separates a wrong graph from fp32 rounding amplified along a trajectory."""
+    t = np.full(x_init.shape[0], plan.timesteps[0], dtype=np.float32)
+    return {o.name: np.array(o.backend(x_init.copy(), t.copy())) for o in opened if o.timer is not None}
+
+
 def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
               log: Log | None = None) -> dict[str, Any]:
     """Time every backend in `config` on `plan`; returns the JSON-able result."""
@@ -193,7 +200,13 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
                     o.e2e.append(o.run(plan, x_init, noise))
                 log(f"batch {batch}: round {r + 1}/{config.repeat} done")
             ref = next((o.final for o in opened if o.name == config.baseline), None)
-            rows += [_row(o, batch, plan, ref) for o in opened]
+            first = _first_calls(opened, plan, x_init)
+            for o in opened:
+                rows.append(_row(o, batch, plan, ref))
+                base_out = first.get(config.baseline)
+                rows[-1]["max_abs_diff_first_call"] = (
+                    None if base_out is None or o.name not in first
+                    else float(np.max(np.abs(first[o.name] - base_out))))
         finally:
             for o in opened:
                 o.backend.close()
@@ -221,3 +234,28 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
         "skipped": skipped,
         "results": rows,
     }
+
+
+def thread_probe(source: ModelSource, plan: SamplingPlan, backends: tuple[str, ...],
+                 threads: tuple[int, ...], batch: int = 1, calls: int = 5) -> list[dict[str, Any]]:
+    """Per-call latency of each backend at each thread count (denoiser calls only, mid-plan t).
+
+    A quick look at thread scaling and at oversubscription (more threads than free cores),
+    where OpenMP-style barriers degrade far more than a loop's worth of steps would show.
+    """
+    source = same_weights(source)
+    x = initial_noise((batch, *source.spec.sample_shape), np.random.default_rng(0))
+    t = np.full(batch, plan.timesteps[plan.steps // 2], dtype=np.float32)
+    out = []
+    for n in threads:
+        for name in backends:
+            with open_backend(name, source, batch, BackendOptions(threads=n)) as be:
+                be(x, t)  # warm-up
+                ts = []
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    be(x, t)
+                    ts.append(time.perf_counter() - t0)
+            out.append({"backend": name, "threads": n, "batch": batch, "call_ms": summary(ts, 1e3),
+                        "loadavg": load_average()})
+    return out

@@ -49,6 +49,7 @@ def test_suite_reports_every_figure(swissroll):
             assert r["max_abs_diff_vs_baseline"] == 0.0 and r["speedup_vs_baseline"] == 1.0
         else:
             assert r["max_abs_diff_vs_baseline"] <= 1e-4 and r["speedup_vs_baseline"] > 0
+            assert r["max_abs_diff_first_call"] <= 1e-5
             assert r["info"]["intra_op_threads"] == 1
     table = text_report(result)
     assert "images/s" in table and "outside call" in table and env["cpu"] in table

@@ -1,0 +1,109 @@
+"""Bench the DDPM CIFAR-10 U-Net (diffusers UNet2DModel, 35.7M params), 50 DDIM steps:
+eager torch vs ORT at batch 1/4/16, and diffusers' DDIMPipeline (eager) at batch 1.
+
+    .venv/bin/python benchmarks/bench_cifar10.py
+
+Batch 1 carries the targets (warm-up/repeat from the flags); batches 4 and 16 use
+--sweep-warmup/--sweep-repeat because one 50-step run at batch 16 takes minutes on 2 cores.
+Writes benchmarks/results/bench_cifar10.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+from bench_common import base_args, log, merge, overhead_notes, row, write
+
+
+def _met(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def probe_notes(probe: list[dict]) -> list[str]:
+    if not probe:
+        return []
+    lines = ["", "### Thread probe (denoiser call only, batch 1, 5 calls after 1 warm-up)", "",
+             "| threads | backend | call ms median | p90 | load avg |", "|---|---|---|---|---|"]
+    lines += [f"| {p['threads']} | {p['backend']} | {p['call_ms']['median']:.1f} | "
+              f"{p['call_ms']['p90']:.1f} | {p['loadavg']} |" for p in probe]
+    return lines
+
+
+def main() -> None:
+    p = base_args(__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sweep", default="4,16", help="further batch sizes ('' for none)")
+    p.add_argument("--sweep-warmup", type=int, default=1)
+    p.add_argument("--sweep-repeat", type=int, default=2)
+    p.add_argument("--pipeline-repeat", type=int, default=3)
+    p.add_argument("--stem", default="bench_cifar10")
+    p.add_argument("--thread-probe", default="1,2", help="thread counts for the per-call probe ('' for none)")
+    args = p.parse_args()
+
+    from bench_cifar10_model import UNET_CONFIG, cifar10_source
+
+    from ddpm_rt.bench.pipeline import run_pipeline_suite
+    from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite, thread_probe
+
+    src, params = cifar10_source()
+    plan = src.spec.plan(src.spec.sampler(args.steps, sampler="ddim", eta=0.0))
+    main_cfg = BenchConfig(backends=("torch", "ort"), batches=(1,), warmup=args.warmup,
+                           repeat=args.repeat, threads=args.threads)
+    results = [run_suite(src, plan, main_cfg, log=log)]
+    threads = results[0]["config"]["threads"]
+    if args.sweep:
+        sweep = BenchConfig(backends=("torch", "ort"), batches=parse_list(args.sweep, int),
+                            warmup=args.sweep_warmup, repeat=args.sweep_repeat, threads=threads)
+        results.append(run_suite(src, plan, sweep, log=log))
+    result = merge(*results)
+    result["config"]["runs_per_batch"] = {
+        "1": [args.warmup, args.repeat],
+        **{str(b): [args.sweep_warmup, args.sweep_repeat] for b in parse_list(args.sweep or "", int)},
+    }
+    pipe_cfg = BenchConfig(backends=("torch", "ort"), batches=(1,), warmup=1,
+                           repeat=args.pipeline_repeat, threads=threads)
+    result["pipeline"] = run_pipeline_suite(src, plan, pipe_cfg, log=log)
+    if args.thread_probe:
+        log("thread probe")
+        result["thread_probe"] = thread_probe(src, plan, ("torch", "ort"),
+                                              parse_list(args.thread_probe, int))
+    import diffusers
+
+    result["environment"]["diffusers"] = diffusers.__version__
+    result["model"] = {"parameters": params, "unet_config": UNET_CONFIG}
+
+    ort1, pipe = row(result, "ort", 1), {r["runner"]: r for r in result["pipeline"]["results"]}
+    s_eager = ort1["speedup_vs_baseline"]
+    s_pipe = pipe["ort"]["speedup_vs_pipeline"]
+    outside = ort1["outside_call_share"]["median"]
+    diffs = [r["max_abs_diff_vs_baseline"] for r in result["results"] if r["backend"] == "ort"]
+    result["targets"] = {
+        "ort_vs_eager_speedup_b1": s_eager, "ort_vs_eager_met": s_eager >= 2.0,
+        "ort_vs_ddim_pipeline_speedup_b1": s_pipe, "ort_vs_pipeline_met": s_pipe >= 2.0,
+        "ort_outside_call_share_b1": outside, "outside_met": outside <= 0.03,
+        "ort_vs_eager_max_abs_diff": max(diffs), "parity_met": max(diffs) <= 1e-3,
+    }
+    notes = [
+        f"- model: diffusers `UNet2DModel`, DDPM CIFAR-10 configuration, {params / 1e6:.1f}M parameters, "
+        "seeded random weights (speed and fp32 parity do not depend on training); exported with the "
+        "project's exporter (`ddpm-rt export` on the DDIMPipeline folder).",
+        f"- batch 1: {args.warmup} warm-up + {args.repeat} timed runs per backend; batches "
+        f"{args.sweep or '-'}: {args.sweep_warmup} warm-up + {args.sweep_repeat} timed (a 50-step run "
+        "at batch 16 takes minutes here); per-step figures pool every step of those runs.",
+        "",
+        "### Targets (CIFAR-10-size U-Net, 50 DDIM steps, batch 1, fp32)",
+        "",
+        f"- ORT end to end >= 2x eager PyTorch on the same loop: {s_eager:.2f}x — **{_met(s_eager >= 2)}**",
+        f"- ORT end to end >= 2x diffusers DDIMPipeline (eager): {s_pipe:.2f}x — **{_met(s_pipe >= 2)}**",
+        f"- time outside the denoiser call <= 3% (ORT): {100 * outside:.2f}% — **{_met(outside <= 0.03)}**",
+        f"- final samples ORT vs eager within 1e-3 max-abs after {plan.steps} steps: {max(diffs):.1e} — "
+        f"**{_met(max(diffs) <= 1e-3)}**",
+        "- images/s at batch 1, 4, 16: table above and the plot.",
+        "",
+        "- Loop overhead per backend and batch:", *overhead_notes(result),
+        "- Regenerate: `.venv/bin/python benchmarks/bench_cifar10.py` (add `--threads N` to pin threads).",
+        *probe_notes(result.get("thread_probe") or []),
+    ]
+    write(args.stem, result, "ddpm-rt bench: DDPM CIFAR-10 U-Net (35.7M), 50 DDIM steps", notes, args.out)
+
+
+if __name__ == "__main__":
+    main()
