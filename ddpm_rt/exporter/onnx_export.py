@@ -1,9 +1,10 @@
 """torch → ONNX for one denoiser, following `GraphContract`.
 
-We use the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`): on the models
-here it is several times faster than the dynamo exporter, handles diffusers' UNet2DModel
-without graph breaks, and emits GroupNorm as Reshape → InstanceNormalization → Reshape →
-Mul → Add, the pattern ONNX Runtime's GroupNorm fusion recognises.
+We use the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`). Measured with
+torch 2.13 on 2 shared CPU cores, TorchScript vs dynamo: digits U-Net 2.9 s vs 10.1 s,
+vit-digits 0.4 s vs 4.1 s, a small diffusers UNet2DModel 2.3 s vs 13.5 s (both exported
+and ran). TorchScript also emits GroupNorm as Reshape → InstanceNormalization → Reshape →
+Mul → Add, the pattern ONNX Runtime's GroupNorm fusion recognises, at opset 17.
 """
 
 from __future__ import annotations
