@@ -43,6 +43,15 @@ class ModelSource:
         return self.bundle
 
 
+def _seeded_build(model: object) -> torch.nn.Module:
+    """An untrained built-in with a fixed init, so every backend and the bundle cache see one model."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return model.build().eval()  # type: ignore[attr-defined]
+
+
 def _builtin(name: str) -> ModelSource:
     from ddpm_rt.models import registry
 
@@ -52,7 +61,7 @@ def _builtin(name: str) -> ModelSource:
     return ModelSource(
         f"builtin:{name}",
         model.spec,
-        lambda: model.build().eval(),
+        lambda: _seeded_build(model),
         untrained=True,
         notes=[f"built-in model {name!r} has no shipped weights: running it UNTRAINED (samples are noise)"],
     )
