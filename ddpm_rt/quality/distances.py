@@ -22,7 +22,7 @@ def _as_points(x: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def _mean_pairwise(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> float:
+def mean_pairwise_distance(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> float:
     """E|a_i - b_j| over all pairs, in row chunks so memory stays O(chunk·M)."""
     total = 0.0
     for i in range(0, a.shape[0], chunk):
@@ -31,12 +31,17 @@ def _mean_pairwise(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> float:
     return total / (a.shape[0] * b.shape[0])
 
 
-def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Squared energy distance (V-statistic) between point sets x [N, D] and y [M, D]."""
+def energy_distance(x: np.ndarray, y: np.ndarray, y_self: float | None = None) -> float:
+    """Squared energy distance (V-statistic) between point sets x [N, D] and y [M, D].
+
+    `y_self` may pass a precomputed E|Y - Y'| (``mean_pairwise_distance(y, y)``) when y is reused.
+    """
     a, b = _as_points(x, "x"), _as_points(y, "y")
     if a.shape[1] != b.shape[1]:
         raise ConfigError(f"point sets differ in dimension: {a.shape[1]} vs {b.shape[1]}")
-    e = 2.0 * _mean_pairwise(a, b) - _mean_pairwise(a, a) - _mean_pairwise(b, b)
+    if y_self is None:
+        y_self = mean_pairwise_distance(b, b)
+    e = 2.0 * mean_pairwise_distance(a, b) - mean_pairwise_distance(a, a) - y_self
     return max(e, 0.0)
 
 

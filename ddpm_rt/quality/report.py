@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.quality.distances import energy_distance, sliced_wasserstein
+from ddpm_rt.quality.distances import energy_distance, mean_pairwise_distance, sliced_wasserstein
 from ddpm_rt.train.datasets import DATASETS, load_dataset
 
 REFERENCE_SEED = 1234
@@ -85,9 +85,10 @@ def _points_report(samples: np.ndarray) -> dict[str, Any]:
     if not np.all(np.isfinite(x)):
         raise ConfigError("swissroll samples contain NaN or inf")
     refs = _reference_subsets(ds.train, x.shape[0])
-    ed = energy_distance(x, ds.heldout)
+    h_self = mean_pairwise_distance(ds.heldout, ds.heldout)
+    ed = energy_distance(x, ds.heldout, h_self)
     sw = sliced_wasserstein(x, ds.heldout)
-    ed_ref, ed_ref_std = _mean_std([energy_distance(r, ds.heldout) for r in refs])
+    ed_ref, ed_ref_std = _mean_std([energy_distance(r, ds.heldout, h_self) for r in refs])
     sw_ref, sw_ref_std = _mean_std([sliced_wasserstein(r, ds.heldout) for r in refs])
     return {
         "dataset": "swissroll",

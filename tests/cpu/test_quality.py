@@ -19,10 +19,10 @@ from ddpm_rt.train.datasets import load_dataset
 
 # (model, sampler steps, samples, metric): few steps and samples keep this file fast
 CASES = [
-    ("digits", 20, 200, "fd"),
-    ("swissroll", 40, 1000, "energy_distance"),
-    ("interp-digits", 16, 200, "fd"),
-    ("vit-digits", 100, 200, "fd"),
+    ("digits", 10, 128, "fd"),
+    ("swissroll", 40, 500, "energy_distance"),
+    ("interp-digits", 16, 128, "fd"),
+    ("vit-digits", 50, 128, "fd"),
 ]
 
 
@@ -48,7 +48,7 @@ def test_real_data_scores_like_the_reference() -> None:
     rep = quality_report("digits16", ds.train[-300:])
     assert rep["fd_ratio"] < 2.0 and rep["n_reference"] == 300
     assert rep["mean_confidence"] > 0.95
-    pts = load_dataset("swissroll").train[-1000:]
+    pts = load_dataset("swissroll").train[-500:]
     rep2 = quality_report("swissroll", pts)
     assert rep2["sw_ratio"] < 3.0 and rep2["energy_distance"] < 0.01
     assert "Fréchet" in format_report(rep) and "energy distance" in format_report(rep2)
@@ -76,10 +76,10 @@ def test_quality_report_rejects_bad_input() -> None:
 
 def test_quality_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "s.npy"
-    np.save(path, load_dataset("swissroll").heldout[:500])
+    np.save(path, load_dataset("swissroll").heldout[:200])
     quality_command(path, dataset="swissroll", json_out=True)
     rep = json.loads(capsys.readouterr().out)
-    assert rep["dataset"] == "swissroll" and rep["n_samples"] == 500
+    assert rep["dataset"] == "swissroll" and rep["n_samples"] == 200
     quality_command(path, dataset="swissroll", json_out=False)
     assert "sliced Wasserstein" in capsys.readouterr().out
     with pytest.raises(SourceError, match="does not exist"):

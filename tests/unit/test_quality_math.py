@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.quality.distances import energy_distance, sliced_wasserstein
+from ddpm_rt.quality.distances import energy_distance, mean_pairwise_distance, sliced_wasserstein
 from ddpm_rt.quality.frechet import feature_frechet, frechet_distance, gaussian_stats
 
 
@@ -66,6 +66,7 @@ def test_energy_distance_properties(rng: np.random.Generator) -> None:
     assert energy_distance(y, x) == pytest.approx(e, rel=1e-12)  # symmetric
     assert energy_distance(x + 3.0, y + 3.0) == pytest.approx(e, rel=1e-9)  # translation invariant
     assert energy_distance(2.0 * x, 2.0 * y) == pytest.approx(2.0 * e, rel=1e-9)  # degree-1 homogeneous
+    assert energy_distance(x, y, mean_pairwise_distance(y, y)) == pytest.approx(e, rel=1e-12)
     # two single points at distance d: 2d - 0 - 0
     assert energy_distance(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0]])) == pytest.approx(10.0)
 
