@@ -102,41 +102,53 @@ def _scalar(name: str, value: float, dtype: type = np.float32) -> onnx.TensorPro
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
 
-def _plan_tables(plan: SamplingPlan, noise: bool = True) -> list[onnx.TensorProto]:
-    """The plan's per-step columns as float32 [N] initializers (sampling order)."""
-    cols = {"timesteps": plan.timesteps, "a": plan.a, "b": plan.b}
-    if noise:
-        cols["sigma"] = plan.sigma
-    if plan.clip is not None:
-        cols |= {"cx": plan.cx, "co": plan.co, "p0": plan.p0}
-    tabs = [numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float32), f"plan/{k}")
-            for k, v in cols.items()]
-    tabs.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "plan/zero1"))
-    tabs.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "plan/one1"))
+def _columns(plan: SamplingPlan, noise: bool) -> tuple[str, ...]:
+    """The plan columns a step reads, in table order."""
+    return ("timesteps", "a", "b") + (("sigma",) if noise else ()) + (("cx", "co", "p0") if plan.clip else ())
+
+
+def _plan_tables(plan: SamplingPlan, noise: bool) -> list[onnx.TensorProto]:
+    """The plan as one float32 [N, K] table (a row per step, sampling order) plus small constants.
+
+    One Gather of row `step` and one Split give every coefficient of a step: two nodes per
+    step whatever K is, which matters in a Loop body around a tiny denoiser.
+    """
+    cols = _columns(plan, noise)
+    table = np.stack([getattr(plan, c) for c in cols], axis=1).astype(np.float32)  # (N, K)
+    tabs = [numpy_helper.from_array(np.ascontiguousarray(table), "plan/table"),
+            numpy_helper.from_array(np.ones(len(cols), dtype=np.int64), "plan/split"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "plan/zero1"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "plan/one1")]
     if plan.clip is not None:
         tabs += [_scalar("plan/clip_lo", plan.clip[0]), _scalar("plan/clip_hi", plan.clip[1])]
     return tabs
 
 
+def _batch_nodes(x: str, batch: str, tag: str) -> list[onnx.NodeProto]:
+    """batch = Shape(x)[0:1], an int64 [1] tensor."""
+    return [helper.make_node("Shape", [x], [f"x_shape{tag}"], name=f"shape{tag}"),
+            helper.make_node("Slice", [f"x_shape{tag}", "plan/zero1", "plan/one1"], [batch], name=f"batch{tag}")]
+
+
 def _step_nodes(
-    plan: SamplingPlan, x: str, step: str, noise: str | None, x_prev: str, tag: str
+    plan: SamplingPlan, x: str, step: str, noise: str | None, x_prev: str, batch: str, tag: str
 ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], str, str]:
     """Nodes of one step around the denoiser call: (before, after, t name, out name).
 
-    `before` gathers row `step` and builds t; `after` is the update. Names are suffixed
-    with `tag` so the same builder serves the main graph and a Loop body.
+    `before` gathers row `step` and builds t (`batch` is an int64 [1] tensor holding B);
+    `after` is the update. Names are suffixed with `tag` so the same builder serves the
+    main graph and a Loop body.
     """
     n = lambda s: f"{s}{tag}"  # noqa: E731 - a local naming helper
     t, out = n("t"), n("out")
-    columns = ("timesteps", "a", "b") + (("sigma",) if noise else ()) + (("cx", "co", "p0") if plan.clip else ())
+    cols = _columns(plan, noise is not None)
     before = [
-        # coefficients of row `step`: 0-d scalars that broadcast over (B, ...)
-        *[helper.make_node("Gather", [f"plan/{c}", step], [n(f"c_{c}")], name=n(f"gather_{c}"))
-          for c in columns],
+        # the coefficients of row `step`, each float32 [1] (broadcasts over (B, ...))
+        helper.make_node("Gather", ["plan/table", step], [n("row")], name=n("row")),          # (K,)
+        helper.make_node("Split", [n("row"), "plan/split"], [n(f"c_{c}") for c in cols], axis=0,
+                         name=n("coefficients")),
         # t = Expand(timesteps[step], [B])                                    # (B,)
-        helper.make_node("Shape", [x], [n("x_shape")], name=n("shape")),
-        helper.make_node("Slice", [n("x_shape"), "plan/zero1", "plan/one1"], [n("batch")], name=n("batch")),
-        helper.make_node("Expand", [n("c_timesteps"), n("batch")], [t], name=n("t")),
+        helper.make_node("Expand", [n("c_timesteps"), batch], [t], name=n("t")),
     ]
     nodes = [
         # x_prev = a·x + b·out ...                                            # (B, ...)
@@ -190,16 +202,16 @@ def build_step_graph(
 ) -> onnx.ModelProto:
     """One fused reverse step: (x, step, noise) -> x_prev."""
     opset = _check_denoiser(denoiser)
-    before, after, t, out = _step_nodes(plan, "x", "step", "noise", "x_prev", tag="")
+    before, after, t, out = _step_nodes(plan, "x", "step", "noise", "x_prev", "batch", tag="")
     den_nodes, den_inits = _denoiser_parts(denoiser, "x", t, out)
     graph = helper.make_graph(
-        [*before, *den_nodes, *after],
+        [*_batch_nodes("x", "batch", ""), *before, *den_nodes, *after],
         "ddpm_rt_step",
         inputs=[_tensor_info("x", sample_shape),
                 helper.make_tensor_value_info("step", TensorProto.INT64, []),
                 _tensor_info("noise", sample_shape)],
         outputs=[_tensor_info("x_prev", sample_shape)],
-        initializer=[*_plan_tables(plan), *den_inits],
+        initializer=[*_plan_tables(plan, noise=True), *den_inits],
     )
     return _model(graph, denoiser, opset, metadata)
 
@@ -217,8 +229,10 @@ def build_loop_graph(
     # initializers of the body itself, not read from the outer scope: ONNX Runtime's CPU
     # layout rewrite (NCHWc convolutions) must re-pack a Conv's weights in the Conv's own
     # graph, so with outer-scope weights a Loop body would run slower, different kernels
-    # than a plain denoiser session. The small plan tables stay in the main graph.
-    before, after, t, out = _step_nodes(plan, "body/x", "body/i", None, "body/x_next", tag="@body")
+    # than a plain denoiser session. The small plan table and B (computed once, from x_init)
+    # stay in the main graph.
+    before, after, t, out = _step_nodes(plan, "body/x", "body/i", None, "body/x_next", "loop/batch",
+                                        tag="@body")
     den_nodes, den_inits = _denoiser_parts(denoiser, "body/x", t, out)
     body = helper.make_graph(
         [*before, *den_nodes, *after,
@@ -234,7 +248,7 @@ def build_loop_graph(
     loop = helper.make_node("Loop", ["loop/trip_count", "loop/cond", "x_init"], ["x_0"],
                             name="sampler_loop", body=body)
     graph = helper.make_graph(
-        [loop],
+        [*_batch_nodes("x_init", "loop/batch", "@main"), loop],
         "ddpm_rt_full_loop",
         inputs=[_tensor_info("x_init", sample_shape)],
         outputs=[_tensor_info("x_0", sample_shape)],

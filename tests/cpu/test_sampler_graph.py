@@ -121,10 +121,10 @@ def test_loop_body_holds_the_denoiser_weights(tmp_path):
     SE.export_sampler_graph(tiny_denoiser(IMAGE.sample_shape), MANIFEST, IMAGE, SamplerSpec("ddim", 6),
                             tmp_path / "l.onnx", "loop")
     model = onnx.load(str(tmp_path / "l.onnx"))
-    (loop,) = model.graph.node
-    body = loop.attribute[0].g
-    assert loop.op_type == "Loop" and "den/w" in {i.name for i in body.initializer}
-    assert "plan/a" in {i.name for i in model.graph.initializer}
+    assert [n.op_type for n in model.graph.node] == ["Shape", "Slice", "Loop"]  # B once, then the loop
+    body = model.graph.node[-1].attribute[0].g
+    assert "den/w" in {i.name for i in body.initializer}
+    assert "plan/table" in {i.name for i in model.graph.initializer}
     assert [i.name for i in model.graph.input] == ["x_init"] and [o.name for o in model.graph.output] == ["x_0"]
 
 
