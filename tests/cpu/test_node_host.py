@@ -89,9 +89,10 @@ def test_node_samples_equal_python_ort_loop(node_host, digits, tmp_path, graph, 
 
 
 def test_node_step_range_resumes(node_host, digits, tmp_path):
-    """--start/--stop: running steps 0..8 then 8..N equals one run over every step."""
+    """--start/--stop: running steps 0..8 then 8..N equals one run over every step (and --repeat repeats it)."""
     root = digits["root"]
     full = _sample(node_host, digits, "step", tmp_path / "full.npy")
+    assert np.array_equal(_sample(node_host, digits, "step", tmp_path / "again.npy", "--repeat", "2"), full)
     _sample(node_host, digits, "step", tmp_path / "half.npy", "--stop", "8")
     proc = _node(node_host, "--model", str(root / "step.onnx"), "--x-init", str(tmp_path / "half.npy"),
                  "--noise", str(root / "noise.npy"), "--start", "8", "--out", str(tmp_path / "rest.npy"))
