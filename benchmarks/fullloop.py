@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
 DEFAULT_STEPS = {"swissroll": 40, "digits": 50}
 TARGET = {"swissroll": {"batch": 1, "speedup_vs_eager": 5.0}}  # full-loop graph vs eager torch
 
@@ -134,11 +135,39 @@ def bench_batch(m: dict[str, Any], batch: int, threads: int, warmup: int, rounds
             f(x_init)
             times[k].append(time.perf_counter() - t0)
     ort_loop.close()
+    node = node_host_timing(m["exported"].path, x_init, outs["fullloop_graph"], threads, rounds, workdir)
     stats = {k: _stats(v) for k, v in times.items()}
     full, eager_ms = stats["fullloop_graph"]["median_ms"], stats["eager_torch"]["median_ms"]
     speedup = {f"fullloop_vs_{k}": stats[k]["median_ms"] / full for k in stats if k != "fullloop_graph"}
     speedup |= {f"{k}_vs_eager_torch": eager_ms / stats[k]["median_ms"] for k in stats if k != "eager_torch"}
-    return {"batch": batch, "agreement": agree, "timings": stats, "speedup_median": speedup}
+    return {"batch": batch, "agreement": agree, "timings": stats, "speedup_median": speedup, "node_host": node}
+
+
+def node_host_timing(model: Path, x_init: np.ndarray, expected: np.ndarray, threads: int, repeat: int,
+                     workdir: Path) -> dict[str, Any] | None:
+    """The same full-loop graph run by examples/node/sample.mjs (onnxruntime-node), in its own process.
+
+    Not interleaved with the rounds above (a separate process, right after them); None when
+    node or examples/node/node_modules is missing.
+    """
+    import shutil
+    import subprocess
+
+    host = NODE_DIR / "sample.mjs"
+    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
+        return None
+    np.save(workdir / "x_init.npy", x_init)
+    proc = subprocess.run(
+        ["node", str(host), "--model", str(model), "--x-init", str(workdir / "x_init.npy"),
+         "--out", str(workdir / "node_out.npy"), "--threads", str(threads), "--repeat", str(repeat)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()}
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"median_ms": summary["run_ms"], "min_ms": summary["run_ms_min"], "runs": summary["repeat"],
+            "onnxruntime_node": summary["ort"],
+            "vs_python_fullloop_max_abs": float(np.max(np.abs(np.load(workdir / "node_out.npy") - expected)))}
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -163,6 +192,17 @@ def to_markdown(res: dict[str, Any]) -> str:
             ve = "1.00×" if k == "eager_torch" else f"{r['speedup_median'][f'{k}_vs_eager_torch']:.2f}×"
             lines.append(f"| {r['batch']} | {k} | {s['median_ms']:.3f} | {s['p10_ms']:.3f}–{s['p90_ms']:.3f} "
                          f"| {s['min_ms']:.3f} | {ve} | {sp} |")
+    node_rows = [(r["batch"], r["node_host"]) for r in res["results"] if r.get("node_host")]
+    if node_rows:
+        lines += ["", "The same full-loop graph from Node.js (examples/node/sample.mjs, onnxruntime-node, same "
+                  "threads), run in its own process right after the rounds above (not interleaved):", ""]
+        for b, nd in node_rows:
+            if "error" in nd:
+                lines.append(f"- batch {b}: failed: {nd['error']}")
+            else:
+                lines.append(f"- batch {b}: median {nd['median_ms']:.3f} ms, min {nd['min_ms']:.3f} ms over "
+                             f"{nd['runs']} runs (onnxruntime-node {nd['onnxruntime_node']}); max abs vs the "
+                             f"Python full-loop run {nd['vs_python_fullloop_max_abs']:.2e}")
     lines += ["", "Agreement of the samples (max abs difference vs the full-loop graph):", ""]
     for r in res["results"]:
         lines.append(f"- batch {r['batch']}: " + ", ".join(f"{k} {v:.2e}" for k, v in r["agreement"].items()))
