@@ -51,7 +51,8 @@ def main() -> None:
     threads = results[0]["config"]["threads"]
     if args.sweep:
         sweep = BenchConfig(backends=("torch", "ort"), batches=parse_list(args.sweep, int),
-                            warmup=args.sweep_warmup, repeat=args.sweep_repeat, threads=threads)
+                            warmup=args.sweep_warmup, repeat=args.sweep_repeat, threads=threads,
+                            floor=False)
         results.append(run_suite(src, plan, sweep, log=log))
     result = merge(*results)
     result["config"]["runs_per_batch"] = {
@@ -73,6 +74,9 @@ def main() -> None:
     ort1, pipe = row(result, "ort", 1), {r["runner"]: r for r in result["pipeline"]["results"]}
     s_eager = ort1["speedup_vs_baseline"]
     s_pipe = pipe["ort"]["speedup_vs_pipeline"]
+    floor = ort1["baseline_1ulp_sensitivity"]
+    first = max(r["max_abs_diff_first_call"] for r in result["results"] if r["backend"] == "ort")
+    eager_vs_pipe = pipe["torch"]["max_abs_diff_vs_pipeline"]
     outside = ort1["outside_call_share"]["median"]
     diffs = [r["max_abs_diff_vs_baseline"] for r in result["results"] if r["backend"] == "ort"]
     result["targets"] = {
@@ -80,6 +84,7 @@ def main() -> None:
         "ort_vs_ddim_pipeline_speedup_b1": s_pipe, "ort_vs_pipeline_met": s_pipe >= 2.0,
         "ort_outside_call_share_b1": outside, "outside_met": outside <= 0.03,
         "ort_vs_eager_max_abs_diff": max(diffs), "parity_met": max(diffs) <= 1e-3,
+        "eager_1ulp_sensitivity_b1": floor, "ort_vs_eager_first_call_max_abs": first,
     }
     notes = [
         f"- model: diffusers `UNet2DModel`, DDPM CIFAR-10 configuration, {params / 1e6:.1f}M parameters, "
@@ -95,7 +100,12 @@ def main() -> None:
         f"- ORT end to end >= 2x diffusers DDIMPipeline (eager): {s_pipe:.2f}x — **{_met(s_pipe >= 2)}**",
         f"- time outside the denoiser call <= 3% (ORT): {100 * outside:.2f}% — **{_met(outside <= 0.03)}**",
         f"- final samples ORT vs eager within 1e-3 max-abs after {plan.steps} steps: {max(diffs):.1e} — "
-        f"**{_met(max(diffs) <= 1e-3)}**",
+        f"**{_met(max(diffs) <= 1e-3)}** (batch 1: {ort1['max_abs_diff_vs_baseline']:.1e}). For scale: eager "
+        f"against eager with x_T moved by 1 ulp differs by {floor:.1e} at batch 1, and our eager loop "
+        f"against diffusers' eager DDIMPipeline (same weights, same math up to rounding) by "
+        f"{eager_vs_pipe:.1e} in [0, 1] image space; per call ORT agrees with eager to {first:.1e}. "
+        "With random weights this trajectory amplifies fp32 rounding (clipped x0^ from an "
+        "untrained eps), so the 1e-3 figure needs trained weights to be meaningful.",
         "- images/s at batch 1, 4, 16: table above and the plot.",
         "",
         "- Loop overhead per backend and batch:", *overhead_notes(result),

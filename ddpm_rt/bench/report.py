@@ -72,13 +72,26 @@ def summary_line(result: dict[str, Any]) -> str:
 
 
 def text_report(result: dict[str, Any]) -> str:
-    parts = [summary_line(result), "", text_table(HEADER, backend_rows(result))]
+    parts = [summary_line(result), "", text_table(HEADER, backend_rows(result)), *_floor_lines(result)]
     for name, reason in result.get("skipped", {}).items():
         parts.append(f"skipped {name}: {reason}")
     if result.get("pipeline"):
         parts += ["", "diffusers DDIMPipeline (eager) vs our loop, batch "
                   f"{result['pipeline']['batch']}:", text_table(*pipeline_rows(result["pipeline"]))]
     return "\n".join(parts)
+
+
+def _floor_lines(result: dict[str, Any]) -> list[str]:
+    floors = {r["batch"]: r.get("baseline_1ulp_sensitivity") for r in result["results"]
+              if r["backend"] == result["config"]["baseline"]}
+    if not any(v is not None for v in floors.values()):
+        return []
+    text = ", ".join(f"batch {b}: {v:.1e}" for b, v in floors.items() if v is not None)
+    return [
+        f"Trajectory sensitivity: eager against eager with x_T moved by 1 ulp — {text}. A backend "
+        "whose final samples differ from eager by about this much agrees with eager as closely as "
+        "fp32 allows on this trajectory; the first-call column is the per-call agreement.", "",
+    ]
 
 
 def markdown_report(result: dict[str, Any], title: str, notes: list[str] | None = None) -> str:
@@ -102,6 +115,7 @@ def markdown_report(result: dict[str, Any], title: str, notes: list[str] | None 
         " — the machine is shared, so absolute times are noisy; ratios are measured side by side",
         f"- date: {env['date']}", "",
         md_table(HEADER, backend_rows(result)), "",
+        *_floor_lines(result),
         "e2e = one full N-step loop; step = one call plus its update; outside call = share of the loop "
         "spent outside the denoiser call; RSS +MB = " + result["memory_method"].split("; ", 1)[1] + ".",
     ]

@@ -49,6 +49,7 @@ class BenchConfig:
     seed: int = 0
     baseline: str = "torch"
     options: dict[str, Any] = field(default_factory=dict)  # BackendOptions.extra for all backends
+    floor: bool = True  # also run the baseline from x_T moved by 1 ulp: the trajectory's own sensitivity
 
     def __post_init__(self) -> None:
         if self.backends is not None and not self.backends:
@@ -201,8 +202,15 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
                 log(f"batch {batch}: round {r + 1}/{config.repeat} done")
             ref = next((o.final for o in opened if o.name == config.baseline), None)
             first = _first_calls(opened, plan, x_init)
+            base_o = next((o for o in opened if o.name == config.baseline), None)
+            floor = None
+            if config.floor and base_o is not None and ref is not None:
+                log(f"batch {batch}: baseline from x_T + 1 ulp (trajectory sensitivity)")
+                moved = np.nextafter(x_init, np.float32(np.inf))
+                floor = float(np.max(np.abs(base_o.backend.sample(plan, moved, noise=noise) - ref)))
             for o in opened:
                 rows.append(_row(o, batch, plan, ref))
+                rows[-1]["baseline_1ulp_sensitivity"] = floor
                 base_out = first.get(config.baseline)
                 rows[-1]["max_abs_diff_first_call"] = (
                     None if base_out is None or o.name not in first

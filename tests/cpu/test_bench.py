@@ -51,6 +51,7 @@ def test_suite_reports_every_figure(swissroll):
             assert r["max_abs_diff_vs_baseline"] <= 1e-4 and r["speedup_vs_baseline"] > 0
             assert r["max_abs_diff_first_call"] <= 1e-5
             assert r["info"]["intra_op_threads"] == 1
+        assert r["baseline_1ulp_sensitivity"] is not None and r["baseline_1ulp_sensitivity"] >= 0
     table = text_report(result)
     assert "images/s" in table and "outside call" in table and env["cpu"] in table
 
