@@ -35,6 +35,26 @@ def load_average() -> list[float] | None:
         return None
 
 
+def busy_share(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy (any process) over `seconds`, from /proc/stat; taken before a
+    benchmark starts, it says how much of the machine other work was using."""
+    import time
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+
+    try:
+        t0, i0 = read()
+        time.sleep(seconds)
+        t1, i1 = read()
+    except (OSError, ValueError):
+        return None
+    return round(1.0 - (i1 - i0) / max(t1 - t0, 1), 3)
+
+
 def _version(module: str) -> str | None:
     try:
         mod = __import__(module)
@@ -56,6 +76,7 @@ def environment(threads: int | None) -> dict[str, Any]:
         "host_cpus": os.cpu_count(),
         "threads": threads,
         "loadavg_start": load_average(),
+        "cpu_busy_before": busy_share(),  # share of all cores busy with other work, 1 s before
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": _version("torch"),

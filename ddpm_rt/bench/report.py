@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def _busy(env: dict[str, Any]) -> str:
+    v = env.get("cpu_busy_before")
+    return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
 def _pct(share: dict[str, float] | None) -> str:
     return "n/a" if not share else f"{100 * share['median']:.1f}%"
 
@@ -111,7 +116,8 @@ def markdown_report(result: dict[str, Any], title: str, notes: list[str] | None 
         "ORT inter-op 1, sequential)",
         f"- runs: {cfg['warmup']} warm-up + {cfg['repeat']} timed per backend and batch, interleaved "
         "round-robin in one process",
-        f"- load average (1, 5, 15 min) at start {env['loadavg_start']}, at end {env.get('loadavg_end')}"
+        f"- load average (1, 5, 15 min) at start {env['loadavg_start']}, at end {env.get('loadavg_end')}; "
+        f"{_busy(env)} of all cores busy with other work in the second before the run"
         " — the machine is shared, so absolute times are noisy; ratios are measured side by side",
         f"- date: {env['date']}", "",
         md_table(HEADER, backend_rows(result)), "",
