@@ -31,7 +31,7 @@ def backend_rows(result: dict[str, Any]) -> list[list[str]]:
             f"{step['median']:.3f} / {step['p90']:.3f}",
             "n/a" if call is None else f"{call['median']:.3f}",
             _pct(r["outside_call_share"]),
-            f"{r['images_per_s']:.1f}",
+            f"{r['images_per_s']:.3g}",
             "" if r["speedup_vs_baseline"] is None else f"{r['speedup_vs_baseline']:.2f}x",
             f"{r['rss_delta_mb']:.0f}",
             "(baseline)" if r["backend"] == base else
@@ -63,7 +63,7 @@ def pipeline_rows(pipe: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
               "outside call", "max |diff| vs pipeline"]
     rows = [[
         r["runner"], f"{r['e2e_s']['median']:.3f} ({100 * r['e2e_s']['spread']:.0f}%)",
-        f"{r['images_per_s']:.2f}", f"{r['speedup_vs_pipeline']:.2f}x",
+        f"{r['images_per_s']:.3g}", f"{r['speedup_vs_pipeline']:.2f}x",
         _pct(r["outside_call_share"]), f"{r['max_abs_diff_vs_pipeline']:.1e}",
     ] for r in pipe["results"]]
     return header, rows
