@@ -26,8 +26,9 @@ def main() -> None:
                              warmup=args.warmup, repeat=args.repeat, threads=args.threads)
         result = run_suite(src, plan, config, log=log)
         notes = [
-            f"- weights: {'UNTRAINED (random init, fixed once per run; no shipped weights yet)' if src.untrained else 'shipped'}"
-            "; speed and fp32 parity do not depend on training.",
+            f"- weights: {'UNTRAINED (random init, fixed once per run; no shipped weights yet)' if src.untrained else 'shipped (trained)'}"
+            "; speed does not depend on training, trajectory parity does (an untrained model's "
+            "trajectory can amplify fp32 rounding; see the sensitivity line).",
             "- Per-step overhead (tiny models are dominated by it):", *overhead_notes(result),
         ]
         r1 = row(result, "ort", 1)
