@@ -158,7 +158,8 @@ def main() -> None:
     }
     notes = [
         f"- model: diffusers `UNet2DModel`, DDPM CIFAR-10 configuration, {params / 1e6:.1f}M parameters, "
-        "seeded random weights (speed and fp32 parity do not depend on training); exported with the "
+        "seeded random weights (speed does not depend on training; trajectory parity does, see "
+        "the targets); exported with the "
         "project's exporter (`ddpm-rt export` on the DDIMPipeline folder).",
         f"- batch 1: {args.warmup} warm-up + {args.repeat} timed runs per backend; batches "
         f"{args.sweep or '-'}: {args.sweep_warmup} warm-up + {args.sweep_repeat} timed (a 50-step run "
