@@ -95,7 +95,7 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
 - **Data:** `{builtin.dataset}` training split (ddpm_rt/train/datasets.py; fixed seeds)
 - **Steps:** {cfg['step']} (batch {tr['batch_size']}, Adam peak lr {tr['lr']:g}, warm-up {tr['warmup']} then cosine to 10%, grad-clip {tr['grad_clip']}, EMA {tr['ema_decay']})
 - **Loss:** {'n/a' if first is None else f'{first[1]:.4f} (mean of steps 1-{first[0]})'} → {cfg.get('final_loss')} (mean of the last {tr['log_every']} steps)
-- **Training wall time:** {cfg.get('wall_s')} s on {cfg.get('threads')} torch thread(s), torch {cfg.get('torch_version')}
+- **Training wall time:** {cfg.get('wall_s')} s on {cfg.get("threads")} torch thread(s), torch {cfg.get('torch_version')}
 - **Machine:** {cfg.get('machine') or machine()} (CPU shared with other jobs while training)
 - **Weights:** EMA weights, stored as float16 ({size / 1e6:.2f} MB), loaded as float32; {sum(p.numel() for p in module.parameters()):,} parameters
 - **Spec:** schedule `{spec.schedule.kind}` T={spec.schedule.num_train_timesteps}, prediction `{spec.prediction_type}`, sample shape {list(spec.sample_shape)}, clip {spec.clip}, sampler defaults {spec.sampler_defaults}
