@@ -122,7 +122,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 96, "depth": 4, "heads": 4},
             dataset="digits16",
             factory=_vit,
-            train_defaults={"steps": 3000, "batch_size": 64, "lr": 1e-3},
+            train_defaults={"steps": 7000, "batch_size": 64, "lr": 1e-3},
         ),
     )
 }
