@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.quality.distances import energy_distance, mean_pairwise_distance, sliced_wasserstein
+from ddpm_rt.quality.distances import (
+    energy_distance,
+    mean_nearest_distance,
+    mean_pairwise_distance,
+    sliced_wasserstein,
+)
 from ddpm_rt.train.datasets import DATASETS, load_dataset
 
 REFERENCE_SEED = 1234
@@ -90,6 +95,8 @@ def _points_report(samples: np.ndarray) -> dict[str, Any]:
     sw = sliced_wasserstein(x, ds.heldout)
     ed_ref, ed_ref_std = _mean_std([energy_distance(r, ds.heldout, h_self) for r in refs])
     sw_ref, sw_ref_std = _mean_std([sliced_wasserstein(r, ds.heldout) for r in refs])
+    nn = mean_nearest_distance(x, ds.heldout)
+    nn_ref, nn_ref_std = _mean_std([mean_nearest_distance(r, ds.heldout) for r in refs])
     return {
         "dataset": "swissroll",
         "n_samples": int(x.shape[0]),
@@ -103,6 +110,10 @@ def _points_report(samples: np.ndarray) -> dict[str, Any]:
         "sliced_wasserstein_real_vs_real": sw_ref,
         "sliced_wasserstein_real_vs_real_std": sw_ref_std,
         "sw_ratio": sw / sw_ref if sw_ref > 0 else float("inf"),
+        "nearest_distance": nn,
+        "nearest_distance_real_vs_real": nn_ref,
+        "nearest_distance_real_vs_real_std": nn_ref_std,
+        "nn_ratio": nn / nn_ref if nn_ref > 0 else float("inf"),
     }
 
 
@@ -133,4 +144,6 @@ def format_report(report: dict[str, Any]) -> str:
         f"  energy distance     {report['energy_distance']:.5f}   real-vs-real {report['energy_distance_real_vs_real']:.5f} ± {report['energy_distance_real_vs_real_std']:.5f}",
         f"  sliced Wasserstein  {report['sliced_wasserstein']:.5f}   real-vs-real "
         f"{report['sliced_wasserstein_real_vs_real']:.5f} ± {report['sliced_wasserstein_real_vs_real_std']:.5f}   ratio {report['sw_ratio']:.2f}",
+        f"  nearest-point dist  {report['nearest_distance']:.5f}   real-vs-real "
+        f"{report['nearest_distance_real_vs_real']:.5f} ± {report['nearest_distance_real_vs_real_std']:.5f}   ratio {report['nn_ratio']:.2f}",
     ])

@@ -89,3 +89,16 @@ def test_sliced_wasserstein_properties(rng: np.random.Generator) -> None:
         sliced_wasserstein(x, np.zeros((10, 3)))
     with pytest.raises(ConfigError):
         energy_distance(x, np.zeros((10, 3)))
+
+
+def test_mean_nearest_distance_sees_off_manifold_points():
+    from ddpm_rt.quality.distances import mean_nearest_distance
+
+    rng = np.random.default_rng(0)
+    theta = rng.uniform(0, 2 * np.pi, 2000)
+    circle = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    assert mean_nearest_distance(circle, circle) == 0.0
+    on = circle[:500] + 0.001
+    inside = on * 0.5  # every point 0.5 away from the circle
+    assert mean_nearest_distance(on, circle) < 0.01
+    assert abs(mean_nearest_distance(inside, circle) - 0.5) < 0.01
