@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ddpm_rt.errors import BackendUnavailable
-from ddpm_rt.runtime.backend import Backend, BackendOptions
-from ddpm_rt.runtime.loop import ProgressFn
+from ddpm_rt.runtime.backend import BackendOptions
+from ddpm_rt.runtime.device_backend import DeviceLoopBackend
 
 if TYPE_CHECKING:
     import torch
 
-    from ddpm_rt.plan import SamplingPlan
     from ddpm_rt.runtime.device_loop import DeviceLoop
     from ddpm_rt.source import ModelSource
 
@@ -35,7 +32,7 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[p]
 
 
-class TorchCudaBackend(Backend):
+class TorchCudaBackend(DeviceLoopBackend):
     """nn.Module on one CUDA device, driven by `DeviceLoop`."""
 
     name = "torch-cuda"
@@ -85,27 +82,3 @@ class TorchCudaBackend(Backend):
             with torch.autocast("cuda", dtype=self._amp, cache_enabled=False):
                 y = self.module(x, t)
             out.copy_(y)  # back to float32 in the static buffer
-
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Host call (numpy in, numpy out): for parity checks and the host loop."""
-        torch = self._torch
-        with torch.no_grad():
-            xd = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
-            td = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).cuda()
-            out = torch.empty_like(xd)
-            self._denoise(xd, td, out)
-            return out.cpu().numpy()
-
-    def sample(
-        self,
-        plan: SamplingPlan,
-        x_init: np.ndarray,
-        *,
-        noise: np.ndarray | None = None,
-        rng: np.random.Generator | None = None,
-        progress: ProgressFn | None = None,
-    ) -> np.ndarray:
-        return self.loop.sample(plan, x_init, noise=noise, rng=rng, progress=progress)
-
-    def close(self) -> None:
-        self.loop.close()

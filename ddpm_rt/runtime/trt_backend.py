@@ -16,17 +16,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
 from ddpm_rt.exporter.contract import CONTRACT, GraphContract
-from ddpm_rt.runtime.backend import Backend, BackendOptions
-from ddpm_rt.runtime.loop import ProgressFn
+from ddpm_rt.runtime.backend import BackendOptions
+from ddpm_rt.runtime.device_backend import DeviceLoopBackend
 
 if TYPE_CHECKING:
     import torch
 
-    from ddpm_rt.plan import SamplingPlan
     from ddpm_rt.source import ModelSource
 
 
@@ -97,7 +94,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class TrtBackend(Backend):
+class TrtBackend(DeviceLoopBackend):
     """A TensorRT engine driven by `DeviceLoop`."""
 
     name = "trt"
@@ -136,29 +133,9 @@ class TrtBackend(Backend):
             _log(f"built TensorRT engine {record.key} (cached at {record.plan_path})")
         return cls(TrtEngine(record.plan_path), cuda_graph=options.cuda_graph)
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Host call (numpy in, numpy out): for parity checks and the host loop."""
-        import torch
-
-        with torch.no_grad():
-            xd = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
-            td = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).cuda()
-            out = torch.empty_like(xd)
-            self.engine(xd, td, out)
-            torch.cuda.current_stream().synchronize()
-            return out.cpu().numpy()
-
-    def sample(
-        self,
-        plan: SamplingPlan,
-        x_init: np.ndarray,
-        *,
-        noise: np.ndarray | None = None,
-        rng: np.random.Generator | None = None,
-        progress: ProgressFn | None = None,
-    ) -> np.ndarray:
-        return self.loop.sample(plan, x_init, noise=noise, rng=rng, progress=progress)
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        self.engine(x, t, out)
 
     def close(self) -> None:
-        self.loop.close()
+        super().close()
         self.engine.close()

@@ -1,0 +1,55 @@
+"""Shared shell of the device backends (torch-cuda, trt): a denoiser slot driven by `DeviceLoop`.
+
+Subclasses provide `_denoise(x, t, out)` on device tensors and set `self.loop`;
+this class supplies the host call (for parity checks) and the whole-loop `sample`.
+Written against torch's CUDA API; not run in this project's CI (no GPU).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ddpm_rt.runtime.backend import Backend
+from ddpm_rt.runtime.loop import ProgressFn
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddpm_rt.plan import SamplingPlan
+    from ddpm_rt.runtime.device_loop import DeviceLoop
+
+
+class DeviceLoopBackend(Backend):
+    device = "cuda"
+    loop: DeviceLoop
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Host call (numpy in, numpy out): one denoiser call, for parity checks."""
+        import torch
+
+        with torch.no_grad():
+            xd = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
+            td = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).cuda()
+            out = torch.empty_like(xd)
+            self._denoise(xd, td, out)
+            torch.cuda.current_stream().synchronize()
+            return out.cpu().numpy()
+
+    def sample(
+        self,
+        plan: SamplingPlan,
+        x_init: np.ndarray,
+        *,
+        noise: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        return self.loop.sample(plan, x_init, noise=noise, rng=rng, progress=progress)
+
+    def close(self) -> None:
+        self.loop.close()
