@@ -44,7 +44,8 @@ def _fmt_report(r: dict[str, Any]) -> str:
         return (f"| {head} | {r['n_samples']} | {r['fd']:.2f} | {r['fd_real_vs_real']:.2f} ± {r['fd_real_vs_real_std']:.2f} | "
                 f"{r['fd_ratio']:.2f} | {r['mean_confidence']:.3f} | {r['class_counts']} |")
     return (f"| {head} | {r['n_samples']} | {r['energy_distance']:.5f} | {r['energy_distance_real_vs_real']:.5f} ± {r['energy_distance_real_vs_real_std']:.5f} | "
-            f"{r['sliced_wasserstein']:.4f} | {r['sliced_wasserstein_real_vs_real']:.4f} ± {r['sliced_wasserstein_real_vs_real_std']:.4f} | {r['sw_ratio']:.2f} |")
+            f"{r['sliced_wasserstein']:.4f} | {r['sliced_wasserstein_real_vs_real']:.4f} ± {r['sliced_wasserstein_real_vs_real_std']:.4f} | {r['sw_ratio']:.2f} | "
+            f"{r['nearest_distance']:.4f} | {r['nearest_distance_real_vs_real']:.4f} | {r['nn_ratio']:.2f} |")
 
 
 def _table(reports: list[dict[str, Any]]) -> str:
@@ -52,8 +53,9 @@ def _table(reports: list[dict[str, Any]]) -> str:
         head = ("| sampler | samples | feature FD to held-out | real-vs-real FD | ratio | mean confidence | predicted classes 0-9 |\n"
                 "|---|---|---|---|---|---|---|")
     else:
-        head = ("| sampler | samples | energy distance | real-vs-real | sliced W1 | real-vs-real | SW ratio |\n"
-                "|---|---|---|---|---|---|---|")
+        head = ("| sampler | samples | energy distance | real-vs-real | sliced W1 | real-vs-real | SW ratio "
+                "| nearest-point dist | real-vs-real | NN ratio |\n"
+                "|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([head, *(_fmt_report(r) for r in reports)])
 
 
