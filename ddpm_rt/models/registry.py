@@ -89,10 +89,10 @@ BUILTIN: dict[str, BuiltinModel] = {
                 clip=(-1.0, 1.0),
                 sampler_defaults={"sampler": "ddpm"},
             ),
-            config={"dim": 2, "hidden": 256, "layers": 4},
+            config={"dim": 2, "hidden": 128, "layers": 4},
             dataset="swissroll",
             factory=_mlp,
-            train_defaults={"steps": 15000, "batch_size": 256, "lr": 1e-3},
+            train_defaults={"steps": 20000, "batch_size": 256, "lr": 2e-3},
         ),
         BuiltinModel(
             name="interp-digits",
