@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.schedule import KINDS, ScheduleSpec
 from ddpm_rt.spec import DiffusionSpec
+from ddpm_rt.weights import load_state_checked
 
 if TYPE_CHECKING:
     import torch
@@ -128,20 +129,6 @@ def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
     return obj
 
 
-def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
-    """Load `state` into `module`; SourceError naming missing/unexpected/mis-shaped keys."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or extra or bad:
-        parts = [f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad))
-                 if keys]
-        raise SourceError(f"weights in {where} do not match the module ({'; '.join(parts)})")
-    module.load_state_dict(state)
-
-
 def import_factory(ref: str):
     """`package.module:factory` → the callable (a function or an nn.Module class)."""
     mod_name, _, attr = ref.partition(":")
@@ -175,7 +162,7 @@ def module_source(ref: str, weights: Path | None, flags: ScheduleFlags, allow_pi
     if weights is None:
         notes.append(f"no --weights given: exporting {ref} with its initial (untrained) weights")
     else:
-        load_into(module, read_state_dict(weights, allow_pickle), weights)
+        load_state_checked(module, read_state_dict(weights, allow_pickle), weights)
     spec = flags.diffusion_spec()
     info = {"weights": None if weights is None else str(Path(weights).resolve())}
     return ExportSource(module.float().eval(), spec, "module", ref, notes, info)

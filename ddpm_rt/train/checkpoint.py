@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ddpm_rt.errors import SourceError
 from ddpm_rt.spec import DiffusionSpec
+from ddpm_rt.weights import load_state_checked
 
 FORMAT = "ddpm-rt-checkpoint"
 FORMAT_VERSION = 1
@@ -65,17 +66,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
     """Load a safetensors state dict into `module`; SourceError if names or shapes differ."""
-    state = read_tensors(path)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or extra or bad:
-        parts = [f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad))
-                 if keys]
-        raise SourceError(f"weights in {path} do not match the model ({'; '.join(parts)})")
-    module.load_state_dict(state)
+    load_state_checked(module, read_tensors(path), path)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

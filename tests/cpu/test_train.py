@@ -92,7 +92,7 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
     # weights that do not fit the module named in config.json
     cfg["model_config"]["hidden"] = 48
     (ck / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(SourceError, match="do not match the model"):
+    with pytest.raises(SourceError, match="do not match the module"):
         load_checkpoint(ck)
     cfg["model_config"]["hidden"] = 32
     (ck / "config.json").write_text(json.dumps(cfg))
