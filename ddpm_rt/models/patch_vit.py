@@ -47,17 +47,30 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(LN(x)), x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + attn(LN(x)), x + MLP(LN(x)).
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4) -> None:
+    With ``adaln`` (DiT's adaLN-Zero, Peebles & Xie 2023) the level embedding c sets a per-channel
+    shift/scale of each LayerNorm output and a gate on each residual branch (gates start at 0).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, adaln: bool = False) -> None:
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1, self.attn = nn.LayerNorm(dim, elementwise_affine=not adaln), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not adaln)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.ada = None
+        if adaln:
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+            nn.init.zeros_(self.ada[1].weight)
+            nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        if self.ada is None:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c)[:, None, :].chunk(6, dim=2)  # each (B, 1, D)
+        x = x + g1 * self.attn(self.norm1(x) * (1 + sc1) + sh1)
+        return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
 
 
 class PatchViT(nn.Module):
@@ -73,6 +86,9 @@ class PatchViT(nn.Module):
         heads: int = 4,
         level_scale: float = 1000.0,
         data_rms: float = 0.75,
+        cond: str = "level",
+        adaln: bool = False,
+        precond: bool = True,
     ) -> None:
         super().__init__()
         if image_size % patch:
@@ -83,12 +99,26 @@ class PatchViT(nn.Module):
         self.patch_in = nn.Linear(in_channels * patch * patch, dim)
         self.pos = nn.Parameter(torch.zeros(1, n_tokens + 1, dim))
         nn.init.normal_(self.pos, std=0.02)
-        self.level = TimestepMLP(dim, dim, scale=level_scale)  # sinusoidal(level·1000) → MLP
-        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        if cond not in ("level", "log"):
+            raise ValueError(f"cond must be 'level' or 'log', got {cond!r}")
+        # "level": sinusoidal(alpha^n · level_scale); "log": sinusoidal(-ln(alpha^n) · level_scale),
+        # which for alpha = 0.99 and level_scale = 100 is about n itself (0..500)
+        self.cond, self.adaln, self.precond = cond, bool(adaln), bool(precond)
+        self.level = TimestepMLP(dim, dim, scale=level_scale)
+        self.blocks = nn.ModuleList([Block(dim, heads, adaln=self.adaln) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, elementwise_affine=not self.adaln)
         self.patch_out = nn.Linear(dim, in_channels * patch * patch)
+        self.final_ada = None
+        if self.adaln:
+            self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+            nn.init.zeros_(self.final_ada[1].weight)
+            nn.init.zeros_(self.final_ada[1].bias)
+            nn.init.zeros_(self.patch_out.weight)
+            nn.init.zeros_(self.patch_out.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if not self.precond:
+            return self._residual(x, t)
         lam = t.to(torch.float32)[:, None, None, None]  # (B, 1, 1, 1)
         s = 1.0 - lam
         v = lam * lam * self.m2 + s * s
@@ -100,10 +130,16 @@ class PatchViT(nn.Module):
         c, p, g = self.c, self.p, self.g
         # (B, C, H, W) → (B, g·g, C·p·p)
         tokens = x.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
-        lvl = self.level(t)[:, None, :]  # (B, 1, D)
+        t = t.to(torch.float32)
+        emb = self.level(-torch.log(t) if self.cond == "log" else t)  # (B, D)
+        lvl = emb[:, None, :]  # (B, 1, D)
         h = torch.cat([lvl, self.patch_in(tokens) + lvl], dim=1) + self.pos  # (B, 1 + g·g, D)
         for block in self.blocks:
-            h = block(h)
-        out = self.patch_out(self.norm(h[:, 1:]))
+            h = block(h, emb)
+        h = self.norm(h[:, 1:])
+        if self.final_ada is not None:
+            shift, scale = self.final_ada(emb)[:, None, :].chunk(2, dim=2)
+            h = h * (1 + scale) + shift
+        out = self.patch_out(h)
         # (B, g·g, C·p·p) → (B, C, H, W)
         return out.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, g * p)

@@ -112,17 +112,18 @@ BUILTIN: dict[str, BuiltinModel] = {
         BuiltinModel(
             name="vit-digits",
             description="seed 004: patch vision transformer conditioned on alpha^n, A_n = alpha^n A_0 + "
-            "(1 - alpha^n) N with alpha=0.99, n_max=500, predicts N; step scale 1.5",
+            "(1 - alpha^n) N with alpha=0.99, n_max=500, predicts N; geometric sampler (step scale 1.0 default, 1.5 as in the seed via --step-scale)",
             spec=DiffusionSpec(
                 schedule=ScheduleSpec(kind="alpha_power", alpha=0.99, num_train_timesteps=500),
                 prediction_type="epsilon",
                 sample_shape=(1, 16, 16),
-                sampler_defaults={"step_scale": 1.5},
+                sampler_defaults={"step_scale": 1.0},  # measured: 1.5 (the seed's) gives FD ratio 12.8, 1.0 gives 2.7
             ),
-            config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 96, "depth": 4, "heads": 4},
+            config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 128, "depth": 6, "heads": 4,
+                    "cond": "log", "level_scale": 100.0, "adaln": True},
             dataset="digits16",
             factory=_vit,
-            train_defaults={"steps": 7000, "batch_size": 64, "lr": 1e-3},
+            train_defaults={"steps": 4000, "batch_size": 64, "lr": 1e-3},
         ),
     )
 }

@@ -89,7 +89,7 @@ def test_registry_contract() -> None:
         assert m.name == name and m.dataset in ("digits16", "swissroll") and m.description
     assert BUILTIN["swissroll"].spec.clip == (-1.0, 1.0)
     assert BUILTIN["swissroll"].spec.sampler(steps=40).sampler == "ddpm"
-    assert BUILTIN["vit-digits"].spec.sampler().step_scale == 1.5
+    assert BUILTIN["vit-digits"].spec.sampler().step_scale == 1.0  # seed 004 used 1.5; measured worse for this model (model card)
     assert BUILTIN["interp-digits"].spec.prediction_type == "next_sample"
     # a config override reaches the constructor
     small = get_builtin("swissroll").build({"hidden": 16})
