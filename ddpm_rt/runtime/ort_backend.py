@@ -246,14 +246,6 @@ class OrtCudaBackend(OrtCpuBackend):
         return _provider_missing(cls.provider, GPU_HINT)
 
     @classmethod
-    def check_precision(cls, precision: str) -> None:
-        if precision != "fp32":
-            raise ConfigError(
-                f"backend {cls.name!r} runs the fp32 graph only, got --precision {precision}; "
-                "use ort-trt or trt for fp16"
-            )
-
-    @classmethod
     def cuda_options(cls, options: BackendOptions) -> dict[str, Any]:
         device_id = int(options.extra.get("device_id", 0))
         return {"device_id": device_id, "enable_cuda_graph": "1" if options.cuda_graph else "0",

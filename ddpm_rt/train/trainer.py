@@ -37,15 +37,9 @@ from ddpm_rt.train.datasets import load_dataset
 
 def machine() -> str:
     """CPU model, visible cores and OS, for checkpoint configs and model cards."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from ddpm_rt.bench.machine import cpu_model
+
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.machine()}"
 
 
