@@ -1,6 +1,6 @@
 """Time `ddpm-rt export` on a diffusers folder of the DDPM CIFAR-10 size (35.7M parameters).
 
-Creates a DDPMPipeline folder (UNet2DModel as in google/ddpm-cifar10-32, random weights,
+Creates a DDPMPipeline folder (UNet2DModel with google/ddpm-cifar10-32's config, random weights,
 DDPMScheduler linear 1e-4..0.02, T=1000) in a temporary directory, runs the real CLI
 (`python -m ddpm_rt.cli export ...`, verification on) and writes
 benchmarks/results/export_cifar10.json with the wall time, parameter count, parity
@@ -25,15 +25,7 @@ import warnings
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CIFAR10_UNET = {
-    "sample_size": 32,
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": (128, 256, 256, 256),
-    "layers_per_block": 2,
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-}
+sys.path.insert(0, str(RESULTS.parent))
 
 
 def make_pipeline(folder: Path) -> int:
@@ -41,10 +33,11 @@ def make_pipeline(folder: Path) -> int:
     import torch
 
     warnings.simplefilter("ignore")
+    from bench_cifar10_model import UNET_CONFIG
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(**CIFAR10_UNET)
+    unet = UNet2DModel(**UNET_CONFIG)
     params = sum(p.numel() for p in unet.parameters())
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
     return params
