@@ -4,38 +4,21 @@ exported to a ddpm-rt bundle with the project's own exporter (as `ddpm-rt export
 Random weights (seeded): speed does not depend on training.
 35.7M parameters: sample_size 32, block_out_channels (128, 256, 256, 256), layers_per_block 2,
 single-head attention at 16x16 (AttnDownBlock2D / AttnUpBlock2D), linear betas 1e-4..0.02,
-T = 1000. Every field is the one google/ddpm-cifar10-32 publishes in its unet/config.json
-(attention_head_dim null = one head over all channels, as in Ho et al.; downsample_padding 0,
-flip_sin_to_cos false, freq_shift 1, norm_eps 1e-6); diffusers' constructor defaults differ
-(32 heads of 8 channels, eps 1e-5), so they are spelled out here.
+T = 1000: google/ddpm-cifar10-32's published config (ddpm_rt/models/ddpm_cifar10.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-UNET_CONFIG = {
-    "sample_size": 32,
-    "in_channels": 3,
-    "out_channels": 3,
-    "layers_per_block": 2,
-    "block_out_channels": (128, 256, 256, 256),
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "attention_head_dim": None,
-    "downsample_padding": 0,
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-    "norm_eps": 1e-6,
-    "norm_num_groups": 32,
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "time_embedding_type": "positional",
-    "center_input_sample": False,
-}
-SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
-                    "beta_schedule": "linear", "clip_sample": True}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ddpm_rt.models.ddpm_cifar10 import DDPM_CIFAR10_SCHEDULER, DDPM_CIFAR10_UNET  # noqa: E402
+
+UNET_CONFIG = DDPM_CIFAR10_UNET
+SCHEDULER_CONFIG = DDPM_CIFAR10_SCHEDULER
 
 
 def work_dir() -> Path:

@@ -98,6 +98,14 @@ class SamplingPlan:
     def stochastic(self) -> bool:
         return bool(np.any(self.sigma > 0))
 
+    def head(self, k: int) -> SamplingPlan:
+        """The first `k` steps alone (e.g. one step = one denoiser call, for per-call parity)."""
+        if not 1 <= k <= self.steps:
+            raise ConfigError(f"head({k}) of a {self.steps}-step plan: k must be in 1..{self.steps}")
+        cut = {f: getattr(self, f)[:k].copy() for f in
+               ("timesteps", "train_timesteps", "a", "b", "sigma", "cx", "co", "p0")}
+        return replace(self, **cut, meta=dict(self.meta))
+
     def table(self) -> np.ndarray:
         """All coefficient columns as one float32 [N, 7] array: t, a, b, sigma, cx, co, p0."""
         return np.stack(

@@ -257,3 +257,24 @@ def test_pinned_source_shares_one_set_of_weights() -> None:
     assert a is not b
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y)
+
+
+def test_selfcheck_report_shows_one_step_and_1ulp_scale() -> None:
+    from ddpm_rt.commands.selfcheck import render_markdown
+
+    timing = {"median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.2, "speedup_vs_eager": 1.0}
+    parity = {"max_abs": 0.31, "rel_rms": 0.42, "finite": True, "one_step_rel_rms": 3.0e-7,
+              "tolerance_rel_rms": 1.1, "ok": True}
+    report = {
+        "environment": {"torch": {"devices": [{"name": "GPU X"}], "version": "2", "cuda_build": "12"},
+                        "tensorrt": {"version": "10"}, "python": "3.11"},
+        "date": "today", "repeats": 3,
+        "models": [{"model": "cifar10-unet", "sampler": "ddim", "steps": 50, "sample_shape": [3, 32, 32],
+                    "untrained": True, "bench": {"1": {"eager": timing, "trt-fp32": timing}},
+                    "parity": {"1": {"trt-fp32": parity}}, "eager_1ulp_rel_rms": {"1": 0.55}}],
+    }
+    md = render_markdown(report)
+    row = next(line for line in md.splitlines() if line.startswith("| 1 | trt-fp32 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["1", "trt-fp32", "4.20e-01", "3.10e-01", "3.00e-07", "5.50e-01", "1e+00", "yes"]
+    assert "1 step rel RMS" in md and "eager 1 ulp" in md

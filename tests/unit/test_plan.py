@@ -261,3 +261,34 @@ def test_default_sampler_never_exceeds_training_steps() -> None:
     short = ScheduleSpec("linear", num_train_timesteps=20)
     assert default_sampler(short) == SamplerSpec("ddim", 20)
     build_plan(short, "epsilon", default_sampler(short))  # valid as is
+
+
+def test_head_is_the_first_steps_and_runs_them_exactly(rng) -> None:
+    from ddpm_rt.runtime.loop import sample_loop
+
+    spec = DiffusionSpec(schedule=ScheduleSpec(kind="linear", num_train_timesteps=1000),
+                         prediction_type="epsilon", sample_shape=(3,), clip=(-1.0, 1.0))
+    plan = spec.plan(spec.sampler(10, sampler="ddim", eta=0.5))
+    head = plan.head(3)
+    assert head.steps == 3 and head.clip == plan.clip and head.sampler == plan.sampler
+    np.testing.assert_array_equal(head.table(), plan.table()[:3])
+    head.a[0] = 123.0  # a copy: the full plan is untouched
+    assert plan.a[0] != 123.0
+
+    def model(x, t):  # any deterministic function of (x, t)
+        return np.tanh(x * 0.7 + t[:, None] * 1e-3)
+
+    x0 = rng.standard_normal((2, 3)).astype(np.float32)
+    noise = rng.standard_normal((10, 2, 3)).astype(np.float32)
+    three = sample_loop(model, plan.head(3), x0, noise=noise[:3])
+    calls = []
+    sample_loop(lambda x, t: (calls.append(x.copy()), model(x, t))[1], plan, x0, noise=noise)
+    np.testing.assert_array_equal(three, calls[3])  # the 4th call of the full loop sees head(3)'s result
+
+
+@pytest.mark.parametrize("k", [0, 11, -1])
+def test_head_out_of_range_is_a_config_error(k: int) -> None:
+    spec = DiffusionSpec(schedule=ScheduleSpec(kind="linear", num_train_timesteps=1000),
+                         prediction_type="epsilon", sample_shape=(3,))
+    with pytest.raises(ConfigError, match="k must be in 1..10"):
+        spec.plan(spec.sampler(10)).head(k)
