@@ -145,7 +145,7 @@ def notes(c: dict[str, Any]) -> list[str]:
         f"{c['ort_total_kernel_ms']:.1f} ms (profiled in a separate session, so only roughly comparable "
         "with the timed calls).",
         "- Only fewer MACs could go further: Winograd F(2x2,3x3) convolution written in ONNX ops "
-        "was slower than ORT's direct Conv on the 32×32 layers that dominate and 1.1–1.2x faster "
+        "was no faster than ORT's direct Conv on the 32×32 layers that dominate and 1.1–1.2x faster "
         "only on the 16×16 ones, a few percent of a call (`benchmarks/results/winograd_probe.md`): "
         "its tile transforms are memory-bound ONNX ops. Reduced precision (int8) changes the "
         "samples, which the parity target forbids.",
