@@ -5,7 +5,9 @@ eager torch vs ORT at batch 1/4/16, and diffusers' DDIMPipeline (eager) at batch
 
 Batch 1 carries the targets (warm-up/repeat from the flags); batches 4 and 16 use
 --sweep-warmup/--sweep-repeat because one 50-step run at batch 16 takes minutes on 2 cores.
-Writes benchmarks/results/bench_cifar10.{json,md,png}.
+Writes benchmarks/results/bench_cifar10.{json,md,png}. The first run also builds the model folder
+under ~/.cache/ddpm-rt/bench-work: seeded random weights, then 300 brief training steps (about
+6 minutes on 2 cores; `--trained-steps 0` skips them), exported once to a bundle.
 """
 
 from __future__ import annotations
