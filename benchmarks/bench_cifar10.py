@@ -211,8 +211,8 @@ def main() -> None:
         f"against diffusers' eager DDIMPipeline (same weights, same math up to rounding) by "
         f"{eager_vs_pipe:.1e} in [0, 1] image space; per call ORT agrees with eager to {first:.1e}. "
         "With random weights (`--trained-steps 0`) the trajectory amplifies fp32 rounding like a "
-        "chaotic map (clipped x0^ from an untrained eps): there ORT vs eager and eager vs eager "
-        "1 ulp apart both differ by about 0.6.",
+        "chaotic map (clipped x0^ from an untrained eps): in such a run on 2026-11-22 ORT vs eager "
+        "and eager vs eager 1 ulp apart both differed by about 0.6.",
         "- images/s at batch 1, 4, 16: table above and the plot.",
         "",
         "- Loop overhead per backend and batch:", *overhead_notes(result),

@@ -25,7 +25,6 @@ import warnings
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(RESULTS.parent))
 
 
 def make_pipeline(folder: Path) -> int:
@@ -33,13 +32,14 @@ def make_pipeline(folder: Path) -> int:
     import torch
 
     warnings.simplefilter("ignore")
-    from bench_cifar10_model import UNET_CONFIG
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+    from ddpm_rt.models.ddpm_cifar10 import DDPM_CIFAR10_SCHEDULER, DDPM_CIFAR10_UNET
+
     torch.manual_seed(0)
-    unet = UNet2DModel(**UNET_CONFIG)
+    unet = UNet2DModel(**DDPM_CIFAR10_UNET)
     params = sum(p.numel() for p in unet.parameters())
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**DDPM_CIFAR10_SCHEDULER)).save_pretrained(folder)
     return params
 
 

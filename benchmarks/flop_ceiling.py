@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 
-def _times_s(fn: Callable[[], object], warmup: int = 3, repeat: int = 10) -> np.ndarray:
+def times_s(fn: Callable[[], object], warmup: int = 3, repeat: int = 10) -> np.ndarray:
     for _ in range(warmup):
         fn()
     ts = []
@@ -60,31 +60,31 @@ def sgemm_gflops(threads: int = 1, n: int = 2048) -> dict[str, float]:
     torch.set_num_threads(threads)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     try:
-        t_torch = float(_times_s(lambda: ta @ tb, repeat=20).min())
+        t_torch = float(times_s(lambda: ta @ tb, repeat=20).min())
     finally:
         torch.set_num_threads(before)
-    t_ort = float(_times_s(lambda: sess.run(None, {"a": a, "b": b}), repeat=20).min())
+    t_ort = float(times_s(lambda: sess.run(None, {"a": a, "b": b}), repeat=20).min())
     flop = 2.0 * n**3
     return {"ort_mlas": flop / t_ort / 1e9, "torch": flop / t_torch / 1e9, "n": n, "threads": threads}
 
 
 def op_times_ms(onnx_path: Path, threads: int, calls: int = 10) -> dict[str, float]:
-    """ORT profiler kernel time per call by op type (ORT_ENABLE_ALL), batch 1, t = 480."""
+    """ORT profiler kernel time per call by op type (ORT_ENABLE_ALL), batch 1, t = 480; the first
+    (warm-up) run's kernels are left out."""
     with tempfile.TemporaryDirectory() as d:
         sess = ort_session(str(onnx_path), threads, enable_profiling=True, profile_file_prefix=f"{d}/p")
         x = np.random.default_rng(0).standard_normal((1, *sess.get_inputs()[0].shape[1:]), dtype=np.float32)
         feed = {"x": x, "t": np.full(1, 480.0, np.float32)}
-        sess.run(None, feed)
-        sess.end_profiling()
-        sess = ort_session(str(onnx_path), threads, enable_profiling=True, profile_file_prefix=f"{d}/q")
         for _ in range(calls + 1):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    warm_end = runs[0]["ts"] + runs[0]["dur"]
     per_op: collections.Counter[str] = collections.Counter()
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= warm_end:
             per_op[e["args"]["op_name"]] += e["dur"]
-    return {k: v / (calls + 1) / 1e3 for k, v in per_op.most_common()}
+    return {k: v / calls / 1e3 for k, v in per_op.most_common()}
 
 
 def ceiling(onnx_path: Path, macs: float, conv_macs: float, eager_call_ms: float, threads: int = 1) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def main() -> None:
     torch.set_num_threads(1)
     x, t = torch.zeros(1, *src.spec.sample_shape), torch.full((1,), 480.0)
     with torch.inference_mode():
-        eager = float(np.median(_times_s(lambda: module(x, t), warmup=2, repeat=5))) * 1e3
+        eager = float(np.median(times_s(lambda: module(x, t), warmup=2, repeat=5))) * 1e3
     c = ceiling(src.bundle / "denoiser.onnx", macs, conv_macs(module, tuple(src.spec.sample_shape)), eager)
     print("\n".join(notes(c)))
 

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flop_ceiling import _times_s, ort_session  # noqa: E402
+from flop_ceiling import ort_session, times_s  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
@@ -118,7 +118,7 @@ def probe(threads: int, rounds: int = 30) -> list[dict]:
         t_direct, t_wino = [], []
         for _ in range(rounds):  # interleaved
             for sess, times in ((direct, t_direct), (wino, t_wino)):
-                times += list(_times_s(lambda s=sess, f={"x": x}: s.run(None, f), warmup=0, repeat=1))
+                times += list(times_s(lambda s=sess, f={"x": x}: s.run(None, f), warmup=0, repeat=1))
         d_ms, w_ms = float(np.median(t_direct)) * 1e3, float(np.median(t_wino)) * 1e3
         rows.append({"cin": cin, "cout": cout, "hw": h, "direct_ms": d_ms, "winograd_ms": w_ms,
                      "speedup": d_ms / w_ms, "max_abs": float(np.abs(y_direct - y_wino).max()),

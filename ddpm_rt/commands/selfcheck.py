@@ -107,8 +107,11 @@ def cifar10_unet_source() -> ModelSource:
         torch.manual_seed(0)  # the same random weights every time the module is built
         return _wrap(UNet2DModel(**DDPM_CIFAR10_UNET).float().eval())
 
+    from ddpm_rt.models.ddpm_cifar10 import DDPM_CIFAR10_SCHEDULER as S
+
     spec = DiffusionSpec(
-        schedule=ScheduleSpec(kind="linear", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02),
+        schedule=ScheduleSpec(kind=S["beta_schedule"], num_train_timesteps=S["num_train_timesteps"],
+                              beta_start=S["beta_start"], beta_end=S["beta_end"]),
         prediction_type="epsilon",
         sample_shape=(3, 32, 32),
         clip=(-1.0, 1.0),
