@@ -56,7 +56,8 @@ def sample_loop(
     z = np.empty_like(x)  # per-step noise
     tmp = np.empty_like(x)
     x0 = np.empty_like(x) if plan.clip is not None else None
-    lo, hi = plan.clip if plan.clip is not None else (0.0, 0.0)
+    # clip bounds as float32 scalars, made once: np.minimum / np.maximum on them allocate nothing
+    lo, hi = (np.float32(v) for v in (plan.clip if plan.clip is not None else (0.0, 0.0)))
 
     for i in range(plan.steps):
         t_buf.fill(plan.timesteps[i])
@@ -66,7 +67,8 @@ def sample_loop(
             np.multiply(x, plan.cx[i], out=x0)
             np.multiply(out, plan.co[i], out=tmp)
             np.add(x0, tmp, out=x0)
-            np.clip(x0, lo, hi, out=x0)
+            np.minimum(x0, hi, out=x0)
+            np.maximum(x0, lo, out=x0)
         # x_prev = a·x + b·out (+ p0·x0^) + sigma·z
         np.multiply(out, plan.b[i], out=tmp)
         np.multiply(x, plan.a[i], out=x)
