@@ -17,7 +17,7 @@ def main() -> None:
     args = p.parse_args()
 
     from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.sources import resolve_source
 
     for name in args.models:
         src = resolve_source(name)

@@ -132,7 +132,7 @@ def main() -> None:
 
     from ddpm_rt.bench.pipeline import run_pipeline_suite
     from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite, thread_probe
-    from ddpm_rt.exporter.bundle import load_bundle
+    from ddpm_rt.bundle.load import load_bundle
 
     src, params = cifar10_source(trained_steps=args.trained_steps)
     plan = src.spec.plan(src.spec.sampler(args.steps, sampler="ddim", eta=0.0))

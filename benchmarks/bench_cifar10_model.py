@@ -54,10 +54,10 @@ def trained_folder(seed: int = 0, steps: int = 300) -> Path:
 def cifar10_source(seed: int = 0, trained_steps: int = 0):
     """(ModelSource, parameter count): the diffusers folder (random weights, or briefly trained
     when `trained_steps` > 0) exported once to a bundle beside it."""
-    from ddpm_rt.exporter.bundle import load_bundle
+    from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.exporter.export import ExportOptions, export_bundle
     from ddpm_rt.exporter.sources import resolve_export_source
-    from ddpm_rt.source import ModelSource
+    from ddpm_rt.sources import ModelSource
 
     folder = trained_folder(seed, trained_steps) if trained_steps else pipeline_folder(seed)
     src = resolve_export_source(str(folder))

@@ -158,7 +158,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_cifar10_model import cifar10_source
 
-    from ddpm_rt.exporter.bundle import load_bundle
+    from ddpm_rt.bundle.load import load_bundle
 
     src, _ = cifar10_source()
     module = src.load_module().eval()

@@ -75,12 +75,12 @@ def prepare(name: str, steps: int, threads: int, workdir: Path) -> dict[str, Any
     import onnxruntime as ort
     import torch
 
-    from ddpm_rt.exporter.bundle import load_bundle
+    from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.exporter.export import ExportOptions, export_bundle
     from ddpm_rt.exporter.sampler_export import export_sampler_graph, load_denoiser
     from ddpm_rt.exporter.sources import from_model_source
-    from ddpm_rt.runtime.torch_backend import TorchBackend
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.eager import TorchBackend
+    from ddpm_rt.sources import resolve_source
 
     torch.set_num_threads(threads)
     src = resolve_source(name)
@@ -111,10 +111,11 @@ def prepare(name: str, steps: int, threads: int, workdir: Path) -> dict[str, Any
 
 def bench_batch(m: dict[str, Any], batch: int, threads: int, warmup: int, rounds: int,
                 workdir: Path) -> dict[str, Any]:
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend
+    from ddpm_rt.prepare import open_for
+    from ddpm_rt.runtime.backend import BackendOptions
 
     plan = m["plan"]
-    ort_loop = open_backend("ort", m["bundle_src"], batch, BackendOptions(threads=threads, cache_dir=str(workdir / "ort")))
+    ort_loop = open_for("ort", m["bundle_src"], batch, BackendOptions(threads=threads, cache_dir=str(workdir / "ort")))
     fns: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "eager_torch": lambda x: m["eager"].sample(plan, x),
         "python_ort_loop": lambda x: ort_loop.sample(plan, x),

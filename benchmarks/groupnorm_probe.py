@@ -120,7 +120,7 @@ def replace_groupnorms(module, kind: str):
 
 
 def export(module, path: Path) -> None:
-    from ddpm_rt.exporter.contract import CONTRACT
+    from ddpm_rt.bundle.contract import CONTRACT
     from ddpm_rt.exporter.onnx_export import export_onnx
 
     export_onnx(module, (3, 32, 32), 500.0, path, CONTRACT)

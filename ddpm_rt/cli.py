@@ -1,35 +1,38 @@
-"""The `ddpm-rt` command line. The only place that turns exceptions into exit codes.
+"""The `ddpm-rt` command line. The only place that turns exceptions and signals into exit codes.
 
-Each sub-command lives in `ddpm_rt/commands/<name>.py` as a plain typed function;
-this module registers them and maps every `DdpmRtError` to one line on stderr
-and exit code 2 (1 for unexpected failures, still one line unless DDPM_RT_DEBUG=1).
+Each sub-command lives in `ddpm_rt/commands/<name>.py` as a plain typed function; this
+module registers them and applies one policy:
+
+    0    success (bare `ddpm-rt` and `--help` print help and exit 0)
+    2    bad input: a usage error (click's usage text naming the option) or a `DdpmRtError`
+         (one `error:` line naming the problem and the fix)
+    3    the run worked but its result is unusable (non-finite samples; `NonFiniteError`)
+    1    an unexpected failure (one line; DDPM_RT_DEBUG=1 shows the traceback)
+    130  interrupted (SIGINT / Ctrl-C);  143  terminated (SIGTERM)
+
+Interrupts are raised as `Interrupted`, a BaseException, so that no `except Exception`
+swallows them while every `finally` and atomic write still cleans up; `train` catches it
+to save a checkpoint first.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+from types import FrameType
 
 import typer
 
-from ddpm_rt.errors import DdpmRtError
-
-app = typer.Typer(
-    name="ddpm-rt",
-    help="Make trained diffusion denoisers fast and portable: train, export to ONNX, "
-    "build TensorRT engines, sample and benchmark.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+from ddpm_rt import __version__
+from ddpm_rt.errors import DdpmRtError, Interrupted
 
 # (command name, module under ddpm_rt.commands, function name)
 COMMANDS: list[tuple[str, str, str]] = [
     ("sample", "sample", "sample"),
     ("train", "train", "train"),
     ("quality", "quality", "quality"),
-    # -- registered commands (one line each; keep this marker) --
     ("bench", "bench", "bench"),
     ("build", "build", "build"),
     ("doctor", "doctor", "doctor"),
@@ -38,6 +41,33 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("inspect", "inspect", "inspect"),
     ("export-sampler", "export_sampler", "export_sampler"),
 ]
+HELP_WIDTH = 120  # option help is wrapped at this width, never cut, whatever the terminal reports
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ddpm-rt {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    name="ddpm-rt",
+    help="Make trained diffusion denoisers fast and portable: train, export to ONNX, "
+    "build TensorRT engines, sample and benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": HELP_WIDTH, "terminal_width": HELP_WIDTH},
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Make trained diffusion denoisers fast and portable."""
 
 
 def _register() -> None:
@@ -49,34 +79,49 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_interrupted)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    _install_signal_handlers()
     try:
-        app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+    except Interrupted as e:
+        name = signal.Signals(e.signum).name
+        typer.echo(f"interrupted ({name}){': ' + e.note if e.note else ''}", err=True)
+        sys.exit(128 + e.signum)
+    except NoArgsIsHelpError as e:
+        e.show()  # bare `ddpm-rt`: the help, and that is not an error
+        sys.exit(0)
+    except ClickException as e:
+        e.show()  # usage text + "Error: ..." naming the option
+        sys.exit(e.exit_code)
     except DdpmRtError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
     except (typer.Exit, SystemExit) as e:
-        code = e.exit_code if isinstance(e, typer.Exit) else e.code
-        sys.exit(code)
+        sys.exit(e.exit_code if isinstance(e, typer.Exit) else e.code)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the one place that catches everything
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
         if os.environ.get("DDPM_RT_DEBUG"):
             raise
         typer.echo(
             f"error: unexpected {type(e).__name__}: {e} (set DDPM_RT_DEBUG=1 for a traceback)", err=True
         )
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)  # typer returns the code of a typer.Exit raised inside a command
 
 
 if __name__ == "__main__":

@@ -25,3 +25,18 @@ class ExportError(DdpmRtError):
 
 class BackendUnavailable(DdpmRtError):
     """A backend whose runtime (onnxruntime-gpu, tensorrt, CUDA) is not installed or usable."""
+
+
+class NonFiniteError(DdpmRtError):
+    """Sampling produced NaN or inf (exit code 3: the inputs were fine, the result is not)."""
+
+    exit_code = 3
+
+
+class Interrupted(BaseException):  # noqa: N818 - a signal, not an error: no `except Exception` catches it
+    """SIGINT or SIGTERM arrived; cli.py exits with 128 + signum after cleanup."""
+
+    def __init__(self, signum: int, note: str = "") -> None:
+        super().__init__(signum, note)
+        self.signum = signum
+        self.note = note

@@ -26,3 +26,12 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess[str], option: str) -> None:
+    """Exit code 2, click's usage text, and an `Error:` line naming `option`; no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout + proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("Usage: "), proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and option in errors[0], proc.stderr

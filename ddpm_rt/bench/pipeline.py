@@ -17,14 +17,15 @@ import numpy as np
 from ddpm_rt.bench.suites import BenchConfig, Log, TimedModel, same_weights
 from ddpm_rt.bench.timing import summary
 from ddpm_rt.errors import BackendUnavailable, ConfigError
-from ddpm_rt.runtime.backend import BackendOptions, open_backend, resolve_backend_name
+from ddpm_rt.prepare import open_for
+from ddpm_rt.runtime.backend import BackendOptions, check_backend
 from ddpm_rt.runtime.loop import sample_loop
 
 if TYPE_CHECKING:
     import torch
 
     from ddpm_rt.plan import SamplingPlan
-    from ddpm_rt.source import ModelSource
+    from ddpm_rt.sources.source import ModelSource
     from ddpm_rt.spec import DiffusionSpec
 
 BETA_SCHEDULE = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
@@ -77,7 +78,7 @@ def run_pipeline_suite(source: ModelSource, plan: SamplingPlan, config: BenchCon
         raise ConfigError(f"the DDIMPipeline suite runs DDIM; this plan uses {plan.sampler.sampler!r} "
                           "(pass --sampler ddim)")
     if source.load_module is None:
-        raise BackendUnavailable(f"{source.name} has no PyTorch module to run the pipeline on")
+        raise BackendUnavailable(f"{source.label} has no PyTorch module to run the pipeline on")
     from diffusers import DDIMPipeline
 
     threads = config.threads
@@ -101,7 +102,7 @@ def run_pipeline_suite(source: ModelSource, plan: SamplingPlan, config: BenchCon
     options = BackendOptions(threads=threads, extra=dict(config.options))
     ours = {}
     for name in backends:
-        be = open_backend(resolve_backend_name(name), source, batch, options)
+        be = open_for(check_backend(name), source, batch, options)
         ours[name] = (be, TimedModel(be, plan.steps))
     times: dict[str, list[float]] = {"diffusers-ddim-pipeline": [], **{n: [] for n in ours}}
     outside: dict[str, list[float]] = {n: [] for n in ours}

@@ -18,20 +18,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ddpm_rt.bench.machine import environment, load_average, usable_cores
-from ddpm_rt.bench.timing import RssSampler, TimedModel, max_rss_bytes, summary
+from ddpm_rt.bench.timing import RssSampler, TimedModel, summary
 from ddpm_rt.errors import BackendUnavailable, ConfigError
-from ddpm_rt.runtime.backend import (
-    Backend,
-    BackendOptions,
-    available_backends,
-    open_backend,
-    resolve_backend_name,
-)
+from ddpm_rt.prepare import choose_backend, open_for
+from ddpm_rt.runtime.backend import Backend, BackendOptions, available_backends
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
+from ddpm_rt.runtime.memory import max_rss_bytes
 
 if TYPE_CHECKING:
     from ddpm_rt.plan import SamplingPlan
-    from ddpm_rt.source import ModelSource
+    from ddpm_rt.sources.source import ModelSource
 
 MB = 1024 * 1024
 Log = Callable[[str], None]
@@ -67,12 +63,19 @@ def default_backends() -> tuple[str, ...]:
     return ("torch", *[n for n in available_backends() if n != "torch"])
 
 
-def parse_list(text: str, cast: type = str) -> tuple:
-    """'torch, ort' -> ('torch', 'ort'); '1,4,16' -> (1, 4, 16) with cast=int."""
+def parse_list(text: str, cast: type = str, allowed: tuple[str, ...] | None = None,
+               what: str = "list") -> tuple:
+    """'torch, ort' -> ('torch', 'ort'); '1,4,16' -> (1, 4, 16) with cast=int (one-line ConfigError otherwise)."""
     try:
-        return tuple(cast(p.strip()) for p in text.split(",") if p.strip())
+        items = tuple(cast(p.strip()) for p in text.split(",") if p.strip())
     except ValueError:
-        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {cast.__name__}") from None
+        raise ConfigError(f"{what}: cannot read {text!r} as a comma-separated list of {cast.__name__}") from None
+    if not items:
+        raise ConfigError(f"{what} needs at least one value")
+    bad = [p for p in items if allowed is not None and p not in allowed]
+    if bad:
+        raise ConfigError(f"{what}: unknown {', '.join(map(str, bad))}; choose from {', '.join(allowed or ())}")
+    return items
 
 
 def same_weights(source: ModelSource) -> ModelSource:
@@ -82,11 +85,6 @@ def same_weights(source: ModelSource) -> ModelSource:
     if source.load_module is None:
         return source
     return replace(source, load_module=functools.cache(source.load_module))
-
-
-def _is_host(be: Backend) -> bool:
-    """True when the backend runs the shared host loop (so its calls can be timed one by one)."""
-    return type(be).sample is Backend.sample
 
 
 @dataclass
@@ -125,9 +123,9 @@ def _open(name: str, source: ModelSource, batch: int, options: BackendOptions, p
           x_init: np.ndarray, noise: np.ndarray | None, warmup: int) -> _Opened:
     with RssSampler() as mem:
         t0 = time.perf_counter()
-        be = open_backend(name, source, batch, options)
+        be = open_for(name, source, batch, options)
         open_s = time.perf_counter() - t0
-        opened = _Opened(name, be, TimedModel(be, plan.steps) if _is_host(be) else None, open_s, 0)
+        opened = _Opened(name, be, TimedModel(be, plan.steps) if be.host_loop else None, open_s, 0)
         for _ in range(warmup):
             opened.run(plan, x_init, noise)
     opened.rss_delta = mem.delta
@@ -168,7 +166,7 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
     """Time every backend in `config` on `plan`; returns the JSON-able result."""
     log = log or (lambda _msg: None)
     source = same_weights(source)
-    names = [resolve_backend_name(n) for n in (config.backends or default_backends())]
+    names = [choose_backend(n, source).name for n in (config.backends or default_backends())]
     if config.baseline in names:  # the baseline runs first and is what the others are compared to
         names = [config.baseline] + [n for n in names if n != config.baseline]
     names = list(dict.fromkeys(names))
@@ -225,7 +223,7 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
     env["max_rss_mb"] = round(max_rss_bytes() / MB, 1)
     return {
         "suite": "backends",
-        "source": source.name,
+        "source": source.label,
         "untrained": source.untrained,
         "plan": {
             "sampler": plan.sampler.sampler, "steps": plan.steps, "eta": plan.sampler.eta,
@@ -257,7 +255,7 @@ def thread_probe(source: ModelSource, plan: SamplingPlan, backends: tuple[str, .
     out = []
     for n in threads:
         for name in backends:
-            with open_backend(name, source, batch, BackendOptions(threads=n)) as be:
+            with open_for(name, source, batch, BackendOptions(threads=n)) as be:
                 be(x, t)  # warm-up
                 ts = []
                 for _ in range(calls):

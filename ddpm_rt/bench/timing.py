@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ddpm_rt.runtime.memory import rss_bytes
 
 ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -62,22 +63,6 @@ def summary(values: Sequence[float] | np.ndarray, scale: float = 1.0) -> dict[st
         "spread": float((p90 - p10) / med) if med > 0 else 0.0,
         "n": int(v.size),
     }
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process now (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def max_rss_bytes() -> int:
-    """The process's RSS high-water mark so far (getrusage; KiB on Linux)."""
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class RssSampler:

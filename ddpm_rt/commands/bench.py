@@ -38,16 +38,17 @@ def bench(
     from ddpm_rt.bench.report import markdown_report, text_report
     from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite
     from ddpm_rt.fsutil import atomic_write_text
-    from ddpm_rt.runtime.backend import resolve_backend_name
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.runtime.backend import check_backend
+    from ddpm_rt.sources import resolve_source
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise ConfigError(f"--plot must end in .png, got {plot.name!r}")
-    names = parse_list(backends) if backends else None
-    config = BenchConfig(backends=names, batches=parse_list(batch, int), warmup=warmup,
+    names = parse_list(backends, what="--backends") if backends else None
+    config = BenchConfig(backends=names, batches=parse_list(batch, int, what="--batch"), warmup=warmup,
                          repeat=repeat, threads=threads, seed=seed)
     for name in names or ():
-        resolve_backend_name(name)  # unknown or unusable: say so before loading anything
+        if name != "auto":
+            check_backend(name)  # unknown or unusable: say so before loading anything
     src = resolve_source(source)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
@@ -73,7 +74,7 @@ def bench(
     if json_file is not None:
         atomic_write_text(json_file, text + "\n")
     if markdown is not None:
-        atomic_write_text(markdown, markdown_report(result, f"ddpm-rt bench: {src.name}"))
+        atomic_write_text(markdown, markdown_report(result, f"ddpm-rt bench: {src.label}"))
     if plot is not None:
         from ddpm_rt.bench.plot import plot as write_plot
 

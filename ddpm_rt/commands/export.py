@@ -31,7 +31,7 @@ def export(
     sample_shape: Annotated[str | None, typer.Option(help="One sample's shape: C,H,W or D (needed with --model).")] = None,
     clip: Annotated[str | None, typer.Option(help="Clip of x0^ while sampling: LO,HI or R (= -R,R) or none.")] = None,
     precision: Annotated[str, typer.Option(help="Graph precision: fp32 | fp16 (I/O stays float32).")] = "fp32",
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17..21).")] = 17,
     verify: Annotated[bool, typer.Option(help="Check the graph against eager PyTorch (--no-verify skips).")] = True,
     tolerance: Annotated[float | None, typer.Option(help="Max-abs single-call error allowed (default 1e-4 fp32, 5e-2 fp16).")] = None,
     trajectory_steps: Annotated[int, typer.Option(help="Steps of the trajectory comparison (0 skips it).")] = 50,
@@ -39,7 +39,8 @@ def export(
 ) -> None:
     """Export a denoiser to a verified ONNX bundle (denoiser.onnx + ddpm_rt.json)."""
     from ddpm_rt.exporter.export import ExportOptions, export_bundle, stderr_status
-    from ddpm_rt.exporter.sources import ScheduleFlags, resolve_export_source
+    from ddpm_rt.sources import resolve_export_source
+    from ddpm_rt.sources.flags import ScheduleFlags
 
     options = ExportOptions(precision=precision, opset=opset, verify=verify, tolerance=tolerance,
                             trajectory_steps=trajectory_steps)
@@ -48,9 +49,8 @@ def export(
         "beta_end": beta_end, "alpha": alpha, "prediction_type": prediction_type,
         "sample_shape": sample_shape, "clip": clip,
     }.items() if v is not None}
-    flags = ScheduleFlags(**given)
-    src = resolve_export_source(source, model=model, weights=weights, flags=flags,
-                                flags_given=bool(given), allow_pickle=allow_pickle)
+    src = resolve_export_source(source, model=model, weights=weights,
+                                flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     manifest = export_bundle(src, out, options, status=stderr_status)

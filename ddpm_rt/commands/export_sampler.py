@@ -30,13 +30,13 @@ def export_sampler(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop."""
-    from ddpm_rt.exporter.bundle import load_bundle
     from ddpm_rt.exporter.sampler_export import (
         export_sampler_graph,
         is_sampler_graph,
         load_denoiser,
     )
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.prepare import bundle_for
+    from ddpm_rt.sources import resolve_source
 
     if out.suffix != ".onnx":
         raise ConfigError(f"--out must name an .onnx file, got {out}")
@@ -45,7 +45,7 @@ def export_sampler(
     src = resolve_source(bundle)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
-    b = load_bundle(src.bundle_dir())
+    b = bundle_for(src)
     sampler_spec = b.spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
     result = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler_spec, out, graph)
     typer.echo(
@@ -55,5 +55,5 @@ def export_sampler(
         err=True,
     )
     if json_out:
-        json.dump({"source": src.name, **result.summary()}, sys.stdout)
+        json.dump({"source": src.label, **result.summary()}, sys.stdout)
         sys.stdout.write("\n")

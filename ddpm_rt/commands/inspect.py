@@ -15,7 +15,7 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")] = False,
 ) -> None:
     """Print a bundle's manifest summary, graph I/O, size, FLOPs and verification figures."""
-    from ddpm_rt.exporter.inspect import describe, format_text
+    from ddpm_rt.bundle.inspect import describe, format_text
 
     info = describe(bundle)
     if json_out:

@@ -11,80 +11,101 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from ddpm_rt.errors import ConfigError
-from ddpm_rt.progress import Progress
 from ddpm_rt.runtime.backend import BACKEND_NAMES
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def sample(
     source: Annotated[
         str | None,
-        typer.Argument(help="Built-in model name, `ddpm-rt train` checkpoint dir, or bundle. Default: the shipped digits model."),
+        typer.Argument(help="Built-in model name, bundle, `ddpm-rt train` checkpoint dir or diffusers folder. "
+                       "Default: the shipped digits model."),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Number of reverse steps (default: 50, or the model's own count).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Number of reverse steps (default: 50, or the model's own count).")] = None,
     sampler: Annotated[str | None, typer.Option(help="ddpm | ddim (VP models), direct (interp), geometric (alpha-power).")] = None,
-    eta: Annotated[float | None, typer.Option(help="DDIM eta: 0 deterministic, 1 DDPM-like.")] = None,
+    eta: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="DDIM eta: 0 deterministic, 1 DDPM-like.")] = None,
     spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
-    step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling (seed 004 uses 1.5).")] = None,
-    batch: Annotated[int, typer.Option(help="How many samples.")] = 64,
-    seed: Annotated[int, typer.Option(help="Random seed for the initial and per-step noise.")] = 0,
+    step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling (the model's default is measured best).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="How many samples.")] = 64,
+    chunk: Annotated[int | None, typer.Option(min=1, help="At most this many samples run at once; larger batches "
+                                              "run in chunks, one after another, and the peak memory is reported "
+                                              "(default: 64 images or 4096 vectors).")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed for the initial and per-step noise.")] = 0,
     backend: Annotated[str, typer.Option(help=f"One of {', '.join(BACKEND_NAMES)}.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the backend.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the backend.")] = None,
     precision: Annotated[str, typer.Option(help="GPU backends: fp32 | fp16 | bf16.")] = "fp32",
     cuda_graph: Annotated[bool, typer.Option(help="GPU backends: capture the whole loop in one CUDA graph.")] = True,
+    allow_nonfinite: Annotated[bool, typer.Option(help="Write the samples even if they contain NaN/inf.")] = False,
     out: Annotated[Path, typer.Option(help="Output file: .png (grid or scatter) or .npy (raw [B, ...]).")] = Path("samples.png"),
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Sample from a denoiser with a fixed-schedule reverse loop and write the result."""
-    from ddpm_rt.output import check_output_path, save_samples
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend, resolve_backend_name
+    from ddpm_rt.errors import ConfigError
+    from ddpm_rt.output import check_memory, check_output_path, save_samples
+    from ddpm_rt.prepare import choose_backend, open_for
+    from ddpm_rt.progress import Progress
+    from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.runtime.memory import peak_rss_mb
+    from ddpm_rt.sources import resolve_source
 
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ConfigError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
-    if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}")
-    check_output_path(out)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_output_path(out)  # before any model work: suffix, not a directory, writable parent
     src = resolve_source(source)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     spec = src.spec
+    chunk = min(batch, chunk or (64 if spec.is_image else 4096))
+    check_memory(spec, batch, chunk, out)
     sampler_spec = spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
     plan = spec.plan(sampler_spec)
-    name = resolve_backend_name(backend)
+    choice = choose_backend(backend, src, log=lambda m: typer.echo(m, err=True))
+    name = choice.name
     if backend == "auto":
-        typer.echo(f"backend: auto chose {name}", err=True)
+        typer.echo(f"backend: auto chose {name} ({choice.reason})", err=True)
 
     rng = np.random.default_rng(seed)
     x_init = initial_noise((batch, *spec.sample_shape), rng)
+    samples = np.empty_like(x_init)
+    options = BackendOptions(threads=threads, precision=precision, cuda_graph=cuda_graph)
     t0 = time.perf_counter()
-    with open_backend(name, src, batch, BackendOptions(threads=threads, precision=precision, cuda_graph=cuda_graph)) as be:
+    with open_for(name, src, chunk, options, log=lambda m: typer.echo(m, err=True)) as be:
         t_open = time.perf_counter() - t0
         t1 = time.perf_counter()
-        samples = be.sample(plan, x_init, rng=rng, progress=Progress(f"sampling ({name})"))
+        progress = Progress(f"sampling ({name})")
+        for lo in range(0, batch, chunk):
+            hi = min(batch, lo + chunk)
+            part = be.sample(plan, x_init[lo:hi], rng=rng, allow_nonfinite=allow_nonfinite,
+                             progress=lambda i, n, lo=lo, hi=hi: progress(lo * n + (hi - lo) * i, batch * n))
+            samples[lo:hi] = part
         t_loop = time.perf_counter() - t1
-    title = f"{src.name} · {sampler_spec.sampler} {plan.steps} steps · {name}"
+    title = f"{src.label} · {sampler_spec.sampler} {plan.steps} steps · {name}"
     save_samples(samples, spec, out, title)
     summary = {
-        "source": src.name,
+        "source": src.label,
         "untrained": src.untrained,
         "backend": name,
+        "backend_reason": choice.reason,
         "sampler": sampler_spec.sampler,
         "steps": plan.steps,
         "eta": sampler_spec.eta,
         "batch": batch,
+        "chunk": chunk,
         "seed": seed,
         "out": str(out),
         "open_s": round(t_open, 4),
         "sample_s": round(t_loop, 4),
+        "peak_rss_mb": peak_rss_mb(),
         "finite": bool(np.all(np.isfinite(samples))),
     }
     if json_out:
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
     else:
+        chunks = f", {-(-batch // chunk)} chunks of <= {chunk}" if batch > chunk else ""
         typer.echo(
             f"wrote {out} ({batch} samples, {sampler_spec.sampler} {plan.steps} steps on {name}, "
-            f"{t_loop:.2f}s)"
+            f"{t_loop:.2f}s{chunks}, peak memory {summary['peak_rss_mb']:.0f} MB)"
         )

@@ -26,7 +26,7 @@ def train(
     """Train a built-in denoiser (EMA weights, safetensors checkpoints, resumable)."""
     import torch
 
-    from ddpm_rt.models.registry import get_builtin
+    from ddpm_rt.models.catalog import get_builtin
     from ddpm_rt.train.trainer import TrainConfig
     from ddpm_rt.train.trainer import train as run_training
 

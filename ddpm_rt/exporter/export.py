@@ -11,6 +11,7 @@ end, so an interrupted or failed export leaves no bundle that looks valid.
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -18,20 +19,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ddpm_rt.errors import ConfigError
-from ddpm_rt.exporter.contract import CONTRACT, MIN_OPSET
-from ddpm_rt.exporter.manifest import (
+from ddpm_rt.bundle.contract import CONTRACT, MIN_OPSET
+from ddpm_rt.bundle.manifest import (
+    EXPORTER_VERSION,
     MANIFEST_FILE,
     METADATA_KEY,
     ONNX_FILE,
     PRECISIONS,
     build_manifest,
     dumps,
-    sha256_file,
     with_hash,
 )
+from ddpm_rt.errors import ConfigError
 from ddpm_rt.exporter.parity import DEFAULT_TOLERANCE, TRAJECTORY_STEPS
-from ddpm_rt.exporter.sources import ExportSource
+from ddpm_rt.fsutil import file_sha256
+from ddpm_rt.sources.source import ModelSource
+
+MAX_OPSET = 21  # the newest opset the TorchScript exporter of torch 2.x writes
 
 StatusFn = Callable[[str], None]
 
@@ -53,8 +57,8 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.opset < MIN_OPSET:
-            raise ConfigError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {self.opset}")
         if self.tolerance is not None and not self.tolerance > 0:
             raise ConfigError(f"--tolerance must be > 0, got {self.tolerance}")
         if self.trajectory_steps < 0:
@@ -63,6 +67,24 @@ class ExportOptions:
     @property
     def effective_tolerance(self) -> float:
         return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the tools that produced a bundle."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    import ddpm_rt
+
+    return {
+        "ddpm_rt": ddpm_rt.__version__,
+        "exporter": EXPORTER_VERSION,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def check_out_dir(out: Path) -> None:
@@ -78,41 +100,46 @@ def _fmt(figures: dict[str, Any]) -> str:
 
 
 def export_bundle(
-    src: ExportSource,
+    src: ModelSource,
     out: Path,
     options: ExportOptions | None = None,
     status: StatusFn = stderr_status,
     extra_manifest: dict[str, Any] | None = None,
+    replace_damaged: bool = False,
 ) -> dict[str, Any]:
-    """Write the bundle for `src` to `out` and return its manifest (with hash)."""
+    """Write the bundle for `src` to `out` and return its manifest (with hash).
+
+    `replace_damaged` (the bundle cache) replaces whatever stands at `out`; a user's
+    `--out` that holds something other than a bundle is refused instead.
+    """
     import onnx
 
+    from ddpm_rt.bundle.onnx_graph import macs_per_sample, parameter_count, set_metadata
+    from ddpm_rt.errors import SourceError
     from ddpm_rt.exporter import parity as P
-    from ddpm_rt.exporter.onnx_export import (
-        export_onnx,
-        macs_per_sample,
-        parameter_count,
-        restore_unused_inputs,
-        set_metadata,
-    )
+    from ddpm_rt.exporter.onnx_export import export_onnx, restore_unused_inputs
     from ddpm_rt.fsutil import atomic_directory
 
     options = options or ExportOptions()
     out = Path(out)
-    check_out_dir(out)
+    if not replace_damaged:
+        check_out_dir(out)
+    if src.load_module is None:
+        raise SourceError(f"{src.label} has no PyTorch module to export")
+    module = src.load_module().float().eval()
     contract = replace(CONTRACT, opset=options.opset)
     spec = src.spec
     tol = options.effective_tolerance
     batches = (contract.min_batch, contract.opt_batch)
-    params = int(sum(p.numel() for p in src.module.parameters()))
+    params = int(sum(p.numel() for p in module.parameters()))
     probes = P.probe_timesteps(spec)
     t_trace = probes[len(probes) // 2]
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, what="bundle directory") as tmp:
         t0 = time.perf_counter()
-        status(f"tracing {src.kind}:{src.ref} ({params / 1e6:.2f}M parameters, opset {contract.opset}, torchscript exporter)")
+        status(f"tracing {src.label} ({params / 1e6:.2f}M parameters, opset {contract.opset}, torchscript exporter)")
         fp32_path = tmp / (ONNX_FILE if options.precision == "fp32" else "denoiser.fp32.onnx")
-        export_onnx(src.module, spec.sample_shape, t_trace, fp32_path, contract)
+        export_onnx(module, spec.sample_shape, t_trace, fp32_path, contract)
         model = onnx.load(str(fp32_path))
         notes = []
         if restore_unused_inputs(model, contract):
@@ -123,7 +150,7 @@ def export_bundle(
         graph = {"parameters": params, "onnx_parameters": parameter_count(model),
                  "macs_per_sample": macs_per_sample(model), "nodes": len(model.graph.node)}
         status(f"exported in {time.perf_counter() - t0:.1f}s ({len(model.graph.node)} nodes)")
-        reference = P.TorchModel(src.module)
+        reference = P.TorchModel(module)
         parity: dict[str, Any] | None = None
         if options.verify:
             t1 = time.perf_counter()
@@ -166,13 +193,13 @@ def export_bundle(
         if notes:
             extra_manifest = {**(extra_manifest or {}), "notes": notes}
         manifest = build_manifest(
-            source=src.source_entry, spec=spec.to_dict(), io=contract.to_dict(spec.sample_shape),
+            source=src.manifest_entry, spec=spec.to_dict(), io=contract.to_dict(spec.sample_shape),
             opset=contract.opset, precision=options.precision, graph=graph, parity=parity,
-            exporter="torchscript", extra=extra_manifest,
+            exporter="torchscript", versions=versions(), extra=extra_manifest,
         )
         set_metadata(model, METADATA_KEY, dumps(manifest, indent=None))
         onnx.save(model, str(tmp / ONNX_FILE))
-        manifest = with_hash(manifest, sha256_file(tmp / ONNX_FILE))
+        manifest = with_hash(manifest, file_sha256(tmp / ONNX_FILE))
         (tmp / MANIFEST_FILE).write_text(dumps(manifest))
     status(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
     return manifest

@@ -73,14 +73,17 @@ class TorchModel:
             return self.module(torch.from_numpy(x), torch.from_numpy(t)).float().numpy()
 
 
-def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     if got.shape != ref.shape:
         raise ExportError(f"ONNX output shape {got.shape} differs from the PyTorch output shape {ref.shape}")
+    finite = {"eager": bool(np.all(np.isfinite(ref))), "onnx": bool(np.all(np.isfinite(got)))}
+    if not all(finite.values()):  # say so instead of an inf/NaN "difference"
+        return {"max_abs": float("inf"), "max_rel": float("inf"), "rms": float("inf"), "finite": finite}
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    max_abs = float(diff.max()) if np.all(np.isfinite(got)) else float("inf")
+    max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     return {"max_abs": max_abs, "max_rel": max_abs / max(scale, 1e-12),
-            "rms": float(np.sqrt(np.mean(diff**2)))}
+            "rms": float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0, "finite": finite}
 
 
 def verification_plan(spec: DiffusionSpec, steps: int = TRAJECTORY_STEPS) -> SamplingPlan:
@@ -108,7 +111,8 @@ def call_parity(
             x = initial_noise((batch, *spec.sample_shape), rng)
             t = np.full((batch,), t_value, dtype=np.float32)
             err = _errors(candidate(x, t), reference(x, t))
-            calls.append({"batch": batch, "t": t_value, "max_abs": err["max_abs"], "max_rel": err["max_rel"]})
+            calls.append({"batch": batch, "t": t_value, "max_abs": err["max_abs"], "max_rel": err["max_rel"],
+                          "finite": err["finite"]})
     return {
         "max_abs": max(c["max_abs"] for c in calls),
         "max_rel": max(c["max_rel"] for c in calls),
@@ -131,7 +135,17 @@ def trajectory_parity(
 
 
 def check_tolerance(figures: dict[str, Any], tolerance: float, what: str) -> None:
-    if not figures["max_abs"] <= tolerance:  # also catches NaN / inf
+    for c in figures["calls"]:
+        bad = [k for k, ok in c.get("finite", {}).items() if not ok]
+        if bad:
+            raise ExportError(
+                f"the {' and the '.join(bad)} output is not finite (NaN or inf) at batch {c['batch']}, "
+                f"t={c['t']:g}: the model itself produces non-finite values; fix the model or its weights"
+                if "eager" in bad else
+                f"{what} produces non-finite values (NaN or inf) at batch {c['batch']}, t={c['t']:g} where "
+                "eager PyTorch does not; check for an op that overflows in the graph"
+            )
+    if not figures["max_abs"] <= tolerance:  # also catches NaN
         worst = max(figures["calls"], key=lambda c: c["max_abs"])
         raise ExportError(
             f"{what} differs from eager PyTorch by max-abs {figures['max_abs']:.3g} "

@@ -30,7 +30,7 @@ def resolve_dataset(model_name_or_dataset: str) -> str:
     """A dataset name, given a dataset or a built-in model name."""
     if model_name_or_dataset in DATASETS:
         return model_name_or_dataset
-    from ddpm_rt.models.registry import BUILTIN  # torch import only on this path
+    from ddpm_rt.models.catalog import BUILTIN
 
     if model_name_or_dataset in BUILTIN:
         return BUILTIN[model_name_or_dataset].dataset

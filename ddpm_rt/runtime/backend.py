@@ -1,25 +1,27 @@
 """The backend protocol and the lazy registry (tinygrad-style: one file per backend, loaded by name).
 
-A backend runs one denoiser for a fixed maximum batch. Host backends (torch, ort)
-expose ``__call__(x, t) -> out`` on numpy buffers and inherit ``sample`` (the shared
-host loop); device backends (torch-cuda, trt) override ``sample`` with a loop that
-keeps every buffer on the GPU.
+A backend runs one denoiser for a fixed maximum batch. It is opened on an *artifact*,
+never on a model source: a `Bundle` for the ONNX and TensorRT backends, an `nn.Module`
+for the PyTorch ones (the command layer makes either, see `ddpm_rt.prepare`). Host
+backends expose ``__call__(x, t) -> out`` on numpy buffers and run the shared host loop;
+device backends override ``_run`` with a loop that keeps every buffer on the GPU.
+`sample` itself is defined once, here, and checks every result for non-finite values.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ddpm_rt.errors import BackendUnavailable, ConfigError
 from ddpm_rt.plan import SamplingPlan
+from ddpm_rt.runtime.guard import FiniteGuard, check_finite
 from ddpm_rt.runtime.loop import ProgressFn, sample_loop
 
-if TYPE_CHECKING:
-    from ddpm_rt.source import ModelSource
+ArtifactKind = Literal["bundle", "module"]
 
 
 @dataclass(frozen=True)
@@ -27,17 +29,23 @@ class BackendOptions:
     """Knobs shared by backends; each backend reads the ones it understands."""
 
     threads: int | None = None  # intra-op threads (CPU backends); None = runtime default
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (GPU backends)
+    precision: str = "fp32"  # a `ddpm_rt.precision.Precision` value
     cuda_graph: bool = True  # device backends: capture the whole loop in one CUDA graph
     cache_dir: str | None = None  # where optimized graphs / engines are cached
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
 
 class Backend:
-    """Base class. Subclasses set `name`, implement `open`, `__call__` (host) or `sample` (device)."""
+    """Base class. Subclasses set `name`, implement `open` and `__call__` (host) or `_run` (device)."""
 
-    name: str = "base"
-    device: str = "cpu"
+    name: ClassVar[str] = "base"
+    device: ClassVar[str] = "cpu"
+    artifact: ClassVar[ArtifactKind] = "bundle"
+    info: dict[str, Any]
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -45,7 +53,8 @@ class Backend:
         return None
 
     @classmethod
-    def open(cls, source: ModelSource, batch: int, options: BackendOptions) -> Backend:
+    def open(cls, artifact: Any, batch: int, options: BackendOptions) -> Backend:
+        """Open on a `Bundle` (artifact = "bundle") or an `nn.Module` (artifact = "module")."""
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -59,9 +68,29 @@ class Backend:
         noise: np.ndarray | None = None,
         rng: np.random.Generator | None = None,
         progress: ProgressFn | None = None,
+        allow_nonfinite: bool = False,
     ) -> np.ndarray:
-        """Run the whole reverse loop; same contract as `runtime.loop.sample_loop`."""
-        return sample_loop(self, plan, x_init, noise=noise, rng=rng, progress=progress)
+        """Run the whole reverse loop (same contract as `runtime.loop.sample_loop`).
+
+        Raises `NonFiniteError` naming the step where NaN/inf first showed, unless
+        `allow_nonfinite`.
+        """
+        out = self._run(plan, x_init, noise, rng, progress, allow_nonfinite)
+        if not allow_nonfinite:
+            check_finite(out, plan.steps, self.name)
+        return out
+
+    def _run(self, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray | None,
+             rng: np.random.Generator | None, progress: ProgressFn | None,
+             allow_nonfinite: bool) -> np.ndarray:
+        """The host loop over ``self(x, t)``, guarded at a bounded number of steps."""
+        model = self if allow_nonfinite else FiniteGuard(self, plan.steps, self.name)
+        return sample_loop(model, plan, x_init, noise=noise, rng=rng, progress=progress)
+
+    @property
+    def host_loop(self) -> bool:
+        """True when the backend runs the shared host loop (its calls can be timed one by one)."""
+        return type(self)._run is Backend._run
 
     def close(self) -> None:
         pass
@@ -77,18 +106,25 @@ class Backend:
 class BackendEntry:
     module: str
     cls: str
-    rank: int  # auto picks the highest available rank
+    rank: int  # auto picks the highest available rank that has proven itself
     summary: str
+    artifact: ArtifactKind = "bundle"
+    gpu: bool = False  # fenced: auto picks it only after its first-use parity probe passed here
 
 
-# Ranks order `auto`: device backends first, then ORT on CPU, then eager torch.
+# Ranks order `auto`: device backends first, then the CPU runtimes, then eager torch.
 REGISTRY: dict[str, BackendEntry] = {
-    "trt": BackendEntry("ddpm_rt.runtime.trt_backend", "TrtBackend", 60, "TensorRT engine, whole loop in one CUDA graph"),
-    "ort-trt": BackendEntry("ddpm_rt.runtime.ort_backend", "OrtTensorRTBackend", 50, "ONNX Runtime, TensorRT execution provider"),
-    "torch-cuda": BackendEntry("ddpm_rt.runtime.torch_cuda_backend", "TorchCudaBackend", 45, "PyTorch on CUDA, device loop (+ CUDA graph)"),
-    "ort-cuda": BackendEntry("ddpm_rt.runtime.ort_backend", "OrtCudaBackend", 40, "ONNX Runtime, CUDA execution provider"),
+    "trt": BackendEntry("ddpm_rt.gpu.trt_backend", "TrtBackend", 60,
+                        "TensorRT engine, whole loop in one CUDA graph", gpu=True),
+    "ort-trt": BackendEntry("ddpm_rt.gpu.ort_gpu", "OrtTensorRTBackend", 50,
+                            "ONNX Runtime, TensorRT execution provider", gpu=True),
+    "torch-cuda": BackendEntry("ddpm_rt.gpu.torch_cuda_backend", "TorchCudaBackend", 45,
+                               "PyTorch on CUDA, device loop (+ CUDA graph)", artifact="module", gpu=True),
+    "ort-cuda": BackendEntry("ddpm_rt.gpu.ort_gpu", "OrtCudaBackend", 40,
+                             "ONNX Runtime, CUDA execution provider, device buffers", gpu=True),
     "ort": BackendEntry("ddpm_rt.runtime.ort_backend", "OrtCpuBackend", 20, "ONNX Runtime on CPU, IO binding"),
-    "torch": BackendEntry("ddpm_rt.runtime.torch_backend", "TorchBackend", 10, "PyTorch eager on CPU (the baseline)"),
+    "torch": BackendEntry("ddpm_rt.eager", "TorchBackend", 10, "PyTorch eager on CPU (the baseline)",
+                          artifact="module"),
 }
 BACKEND_NAMES = ("auto", *REGISTRY)
 
@@ -112,25 +148,21 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def available_backends() -> list[str]:
-    """Usable backend names, fastest first."""
+    """Usable backend names, fastest first (availability only: see `runtime.select` for `auto`)."""
     names = sorted(REGISTRY, key=lambda n: -REGISTRY[n].rank)
     return [n for n in names if unavailable_reason(n) is None]
 
 
-def resolve_backend_name(name: str) -> str:
-    """Map `auto` to the fastest usable backend; check an explicit one is usable."""
-    if name == "auto":
-        usable = available_backends()
-        if not usable:
-            raise BackendUnavailable("no backend is usable; install torch (pip install torch)")
-        return usable[0]
+def check_backend(name: str) -> str:
+    """`name` if it is a known, usable backend, else a one-line error saying why not."""
     reason = unavailable_reason(name)
     if reason is not None:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
     return name
 
 
-def open_backend(name: str, source: ModelSource, batch: int, options: BackendOptions | None = None) -> Backend:
-    """Open backend `name` (or `auto`) for `source` at a fixed batch size."""
-    resolved = resolve_backend_name(name)
-    return backend_class(resolved).open(source, batch, options or BackendOptions())
+def open_backend(name: str, artifact: Any, batch: int, options: BackendOptions | None = None) -> Backend:
+    """Open the concrete backend `name` on its artifact (a `Bundle` or an `nn.Module`) at a fixed batch."""
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    return backend_class(check_backend(name)).open(artifact, batch, options or BackendOptions())

@@ -18,21 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddpm_rt.bundle.contract import CONTRACT, ORT_DTYPES, check_io
+from ddpm_rt.bundle.load import Bundle
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
 from ddpm_rt.runtime.backend import Backend, BackendOptions
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from ddpm_rt.source import ModelSource
 
-GPU_HINT = "install onnxruntime-gpu: pip install 'ddpm-rt[ort-gpu]'"
-
-
-def _contract_names() -> tuple[str, str, str]:
-    from ddpm_rt.exporter.contract import CONTRACT
-
-    return CONTRACT.x_name, CONTRACT.t_name, CONTRACT.out_name
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _import_ort() -> Any:
@@ -40,6 +37,7 @@ def _import_ort() -> Any:
         import onnxruntime
     except ImportError:
         raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
+    onnxruntime.set_default_logger_severity(3)  # errors only: ORT's own log lines never reach the terminal
     return onnxruntime
 
 
@@ -61,13 +59,13 @@ class OrtCpuBackend(Backend):
     provider = "CPUExecutionProvider"
 
     def __init__(self, session: ort.InferenceSession, batch: int, sample_shape: tuple[int, ...],
-                 info: dict[str, Any]) -> None:
+                 info: dict[str, Any], where: str = "the graph") -> None:
         self.session = session
         self.batch = batch
         self.sample_shape = tuple(sample_shape)
         self.info = info  # model path, cache status, session settings (reported by bench)
-        self.x_name, self.t_name, self.out_name = _contract_names()
-        self._check_io()
+        self.x_name, self.t_name, self.out_name = CONTRACT.x_name, CONTRACT.t_name, CONTRACT.out_name
+        self._check_io(where)
         self._binding = session.io_binding()
         self._alloc_buffers()
 
@@ -102,22 +100,22 @@ class OrtCpuBackend(Backend):
         return True
 
     @classmethod
-    def open(cls, source: ModelSource, batch: int, options: BackendOptions) -> OrtCpuBackend:
+    def open(cls, bundle: Bundle, batch: int, options: BackendOptions) -> OrtCpuBackend:
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"backend {cls.name!r} is unavailable: {reason}")
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
+        if bundle.fixed_batch is not None and batch != bundle.fixed_batch:
+            raise ConfigError(f"{bundle.onnx_path} was exported for batch {bundle.fixed_batch} only; "
+                              f"use --batch {bundle.fixed_batch}, or re-export it with a dynamic batch")
         cls.check_precision(options.precision)
         ort = _import_ort()
         from ddpm_rt.runtime import ort_cache
 
-        bundle = Path(source.bundle_dir(Path(options.cache_dir) if options.cache_dir else None))
-        onnx_path = bundle / "denoiser.onnx"
-        if not onnx_path.is_file():
-            raise BundleError(f"bundle {bundle} has no denoiser.onnx; re-run `ddpm-rt export`")
+        onnx_path = bundle.onnx_path
         cache = ort_cache.cache_dir_for(onnx_path, options.cache_dir)
-        providers = cls.providers(onnx_path, batch, source.spec.sample_shape, options, cache)
+        providers = cls.providers(onnx_path, batch, bundle.spec.sample_shape, options, cache)
         model_path, status = onnx_path, "disabled"
         if cls.cache_graph() and options.extra.get("graph_cache", True):
             model_path, status = ort_cache.optimized_model(
@@ -126,7 +124,7 @@ class OrtCpuBackend(Backend):
         try:
             session = ort.InferenceSession(str(model_path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
-            raise BundleError(f"onnxruntime cannot load {model_path}: {e}") from None
+            raise BundleError(f"onnxruntime cannot load {model_path}: {_first_line(e)}") from None
         info = {
             "onnx": str(onnx_path),
             "model": str(model_path),
@@ -137,7 +135,7 @@ class OrtCpuBackend(Backend):
             "optimization": "extended (cached) + all" if status != "disabled" else "all",
             "onnxruntime": ort.__version__,
         }
-        return cls(session, batch, source.spec.sample_shape, info)
+        return cls(session, batch, bundle.spec.sample_shape, info, where=str(onnx_path))
 
     @classmethod
     def check_precision(cls, precision: str) -> None:
@@ -147,18 +145,15 @@ class OrtCpuBackend(Backend):
                 "use fp32, or ort-trt / trt for fp16"
             )
 
-    def _check_io(self) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
-        if set(inputs) != {self.x_name, self.t_name} or outputs != [self.out_name]:
-            raise BundleError(
-                f"the denoiser graph has inputs {sorted(inputs)} and outputs {outputs}; expected "
-                f"inputs ['{self.t_name}', '{self.x_name}'] and output ['{self.out_name}'] "
-                "(re-export it with `ddpm-rt export`)"
-            )
-        for name in (self.x_name, self.t_name):
-            if inputs[name].type != "tensor(float)":
-                raise BundleError(f"graph input {name!r} is {inputs[name].type}, expected tensor(float)")
+    def _check_io(self, where: str) -> None:
+        def describe(values: list[Any]) -> dict[str, tuple[str, list[Any]]]:
+            return {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in values}
+
+        fixed = check_io(describe(self.session.get_inputs()), describe(self.session.get_outputs()),
+                         self.sample_shape, where)
+        if fixed is not None and fixed != self.batch:
+            raise ConfigError(f"{where} has a static batch of {fixed}; use --batch {fixed}, or re-export "
+                              "it with `ddpm-rt export` (dynamic batch)")
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -216,135 +211,18 @@ class OrtCpuBackend(Backend):
                     self._bind(self._x[:b], self._t[:b])
                     self._own_bound = b
                 self._bound = None
-                self.session.run_with_iobinding(self._binding)
+                self._run_bound()
                 return self._out[:b]
-        self.session.run_with_iobinding(self._binding)
+        self._run_bound()
         return self._bound[2]
+
+    def _run_bound(self) -> None:
+        try:
+            self.session.run_with_iobinding(self._binding)
+        except Exception as e:  # noqa: BLE001 - ORT's untyped runtime errors, as one line
+            raise BundleError(f"onnxruntime failed running the denoiser: {_first_line(e)}") from None
 
     def close(self) -> None:
         self._bound = None
         self._binding = None
         self.session = None
-
-
-class OrtCudaBackend(OrtCpuBackend):
-    """ONNX Runtime, CUDA execution provider.
-
-    With ``BackendOptions.cuda_graph`` (shapes are static: one batch per backend) x, t and
-    out live on the device, bound once, and the first run captures a CUDA graph that later
-    runs replay (``enable_cuda_graph``). Each step copies x and t host→device in place
-    (``OrtValue.update_inplace``) and the output device→host: the loop itself stays the
-    shared host loop. Without a CUDA graph the numpy buffers are bound and ORT copies.
-    """
-
-    name = "ort-cuda"
-    device = "cuda"
-    provider = "CUDAExecutionProvider"
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return _provider_missing(cls.provider, GPU_HINT)
-
-    @classmethod
-    def cuda_options(cls, options: BackendOptions) -> dict[str, Any]:
-        device_id = int(options.extra.get("device_id", 0))
-        return {"device_id": device_id, "enable_cuda_graph": "1" if options.cuda_graph else "0",
-                "cudnn_conv_algo_search": "EXHAUSTIVE"}
-
-    @classmethod
-    def providers(cls, onnx_path: Path, batch: int, sample_shape: tuple[int, ...],
-                  options: BackendOptions, cache: Path) -> list[Any]:
-        return [(cls.provider, cls.cuda_options(options)), "CPUExecutionProvider"]
-
-    @classmethod
-    def open(cls, source: ModelSource, batch: int, options: BackendOptions) -> OrtCudaBackend:
-        be = super().open(source, batch, options)
-        assert isinstance(be, OrtCudaBackend)
-        be.device_id = int(options.extra.get("device_id", 0))
-        be.cuda_graph = bool(options.cuda_graph)
-        be.info["cuda_graph"] = be.cuda_graph
-        if be.cuda_graph:
-            be._alloc_device_buffers()
-        return be
-
-    def _alloc_device_buffers(self) -> None:
-        ort = _import_ort()
-        shape = (self.batch, *self.sample_shape)
-        new = ort.OrtValue.ortvalue_from_shape_and_type
-        self._x_dev = new(shape, np.float32, "cuda", self.device_id)
-        self._t_dev = new((self.batch,), np.float32, "cuda", self.device_id)
-        self._out_dev = new(shape, np.float32, "cuda", self.device_id)
-        self._binding.bind_ortvalue_input(self.x_name, self._x_dev)
-        self._binding.bind_ortvalue_input(self.t_name, self._t_dev)
-        self._binding.bind_ortvalue_output(self.out_name, self._out_dev)
-        self.session.run_with_iobinding(self._binding)  # first run captures the CUDA graph
-
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if not getattr(self, "cuda_graph", False):
-            return super().__call__(x, t)
-        if x.shape != (self.batch, *self.sample_shape) or t.shape != (self.batch,):
-            raise ConfigError(
-                f"backend {self.name!r} with a CUDA graph runs exactly batch {self.batch}; "
-                f"got x {list(x.shape)} (open it for that batch, or pass cuda_graph=False)"
-            )
-        self._x_dev.update_inplace(np.ascontiguousarray(x, dtype=np.float32))
-        self._t_dev.update_inplace(np.ascontiguousarray(t, dtype=np.float32))
-        self.session.run_with_iobinding(self._binding)  # replays the captured graph
-        np.copyto(self._out, self._out_dev.numpy())
-        return self._out
-
-    def close(self) -> None:
-        self._x_dev = self._t_dev = self._out_dev = None
-        super().close()
-
-
-class OrtTensorRTBackend(OrtCudaBackend):
-    """ONNX Runtime, TensorRT execution provider (CUDA EP as fallback for unsupported nodes).
-
-    Engines are cached by the EP (``trt_engine_cache_enable``) in a directory keyed like
-    the ORT graph cache (ONNX hash, ORT version, precision, batch profile); the graph
-    cache itself is off, since ORT cannot save graphs holding compiled TensorRT nodes.
-    """
-
-    name = "ort-trt"
-    device = "cuda"
-    provider = "TensorrtExecutionProvider"
-
-    @classmethod
-    def check_precision(cls, precision: str) -> None:
-        if precision not in ("fp32", "fp16"):
-            raise ConfigError(f"backend {cls.name!r} runs fp32 or fp16, got --precision {precision}")
-
-    @classmethod
-    def cache_graph(cls) -> bool:
-        return False
-
-    @classmethod
-    def providers(cls, onnx_path: Path, batch: int, sample_shape: tuple[int, ...],
-                  options: BackendOptions, cache: Path) -> list[Any]:
-        from ddpm_rt.runtime import ort_cache
-
-        x_name, t_name, _ = _contract_names()
-        dims = "x".join(str(d) for d in sample_shape)
-        profile = {  # one optimisation profile: batch 1..B, tuned for B
-            "trt_profile_min_shapes": f"{x_name}:1x{dims},{t_name}:1",
-            "trt_profile_opt_shapes": f"{x_name}:{batch}x{dims},{t_name}:{batch}",
-            "trt_profile_max_shapes": f"{x_name}:{batch}x{dims},{t_name}:{batch}",
-        }
-        entry = ort_cache.cache_entry(onnx_path, cls.provider,
-                                      {"precision": options.precision, **profile},
-                                      options.cache_dir)
-        engines = entry.directory / f"trt-{entry.key}"
-        engines.mkdir(parents=True, exist_ok=True)
-        trt = {
-            "device_id": int(options.extra.get("device_id", 0)),
-            "trt_fp16_enable": options.precision == "fp16",
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(engines),
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(engines),
-            "trt_cuda_graph_enable": bool(options.cuda_graph),
-            **profile,
-        }
-        cuda = {**cls.cuda_options(options), "enable_cuda_graph": "0"}
-        return [(cls.provider, trt), ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]

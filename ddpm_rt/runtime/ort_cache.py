@@ -16,55 +16,44 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddpm_rt.fsutil import atomic_write, atomic_write_text
+from ddpm_rt.fsutil import (
+    atomic_write,
+    atomic_write_text,
+    cache_root,
+    file_lock,
+    file_sha256,
+    writable_dir,
+)
 
 CACHE_FORMAT = 1
 CACHE_SUBDIR = "ort_cache"  # inside the bundle directory
 SAVED_LEVEL = "extended"  # the portable level the cached file is written at
-_HASHES: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256, per process
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # bundles shipped inside ddpm_rt are never written to
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised per process on (path, mtime, size)."""
+def _stat(path: Path) -> list[int]:
     st = path.stat()
-    memo = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if memo not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[memo] = h.hexdigest()
-    return _HASHES[memo]
-
-
-def default_cache_root() -> Path:
-    """$DDPM_RT_CACHE, else ~/.cache/ddpm-rt."""
-    env = os.environ.get("DDPM_RT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "ddpm-rt"
-
-
-def _writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(path, os.W_OK | os.X_OK)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def cache_dir_for(onnx_path: Path, override: str | Path | None = None) -> Path:
-    """Where the cache lives: `override`, else beside the bundle, else the user cache."""
+    """Where the cache lives: `override`, else beside the bundle, else the user cache.
+
+    Bundles shipped inside the package always use the user cache: package data is read-only
+    when installed, and an editable checkout must not grow untracked files.
+    """
     if override is not None:
         return Path(override) / CACHE_SUBDIR
-    beside = onnx_path.parent / CACHE_SUBDIR
-    if _writable_dir(beside):
-        return beside
-    return default_cache_root() / CACHE_SUBDIR  # read-only bundle (e.g. installed package data)
+    if PACKAGE_DIR not in onnx_path.resolve().parents:
+        beside = onnx_path.parent / CACHE_SUBDIR
+        if writable_dir(beside):
+            return beside
+    return cache_root() / CACHE_SUBDIR
 
 
 @dataclass(frozen=True)
@@ -95,6 +84,8 @@ class CacheEntry:
             return False
         if meta.get("fields") != self.fields or not self.model_path.is_file():
             return False
+        if meta.get("model_stat") == _stat(self.model_path):
+            return True  # the file we wrote and hashed, untouched since (writes are atomic renames)
         return meta.get("model_sha256") == file_sha256(self.model_path)
 
 
@@ -137,7 +128,7 @@ def build_entry(entry: CacheEntry, onnx_path: Path, providers: list[Any],
 
     atomic_write(entry.model_path, write)
     meta = {"fields": entry.fields, "model_sha256": file_sha256(entry.model_path),
-            "source": str(onnx_path)}
+            "model_stat": _stat(entry.model_path), "source": str(onnx_path)}
     atomic_write_text(entry.meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -152,7 +143,10 @@ def optimized_model(
     entry = cache_entry(onnx_path, provider, options, cache_dir)
     if entry.valid():
         return entry.model_path, "hit"
-    if not _writable_dir(entry.directory):
+    if not writable_dir(entry.directory):
         return onnx_path, "uncached"
-    build_entry(entry, onnx_path, providers, configure)
-    return entry.model_path, "built"
+    with file_lock(entry.directory / f".{entry.key}.lock"):  # one writer per entry
+        if not entry.valid():  # another process may have built it while we waited
+            build_entry(entry, onnx_path, providers, configure)
+            return entry.model_path, "built"
+    return entry.model_path, "hit"

@@ -11,66 +11,49 @@ A checkpoint directory holds:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from ddpm_rt.errors import SourceError
+from ddpm_rt.fsutil import atomic_write, atomic_write_text
 from ddpm_rt.spec import DiffusionSpec
-from ddpm_rt.weights import load_state_checked
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "ddpm-rt-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "config.json"
 
 
-def _atomic(path: Path, write: Any) -> None:
-    """Call write(tmp_path) on a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(flat, tmp))
+    atomic_write(path, lambda tmp: save_file(flat, str(tmp)), what="checkpoint directory")
 
 
 def save_json(obj: dict[str, Any], path: Path) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
-
-    _atomic(path, write)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", what="checkpoint directory")
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise SourceError(f"missing weights file {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise SourceError(f"cannot read {path} as safetensors: {e}") from None
+    from ddpm_rt.sources.weights import read_state_dict
+
+    return read_state_dict(path)
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
     """Load a safetensors state dict into `module`; SourceError if names or shapes differ."""
+    from ddpm_rt.sources.weights import load_state_checked
+
     load_state_checked(module, read_tensors(path), path)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Flatten the optimizer state to ``optim.<param index>.<name>`` tensors."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for idx, st in opt.state_dict()["state"].items():
         for name, value in st.items():
@@ -109,17 +92,22 @@ def read_config(ckpt: Path) -> dict[str, Any]:
     return cfg
 
 
+def checkpoint_spec(ckpt: Path, cfg: dict[str, Any]) -> DiffusionSpec:
+    """The DiffusionSpec recorded in a checkpoint's config (SourceError naming the file if invalid)."""
+    try:
+        return DiffusionSpec.from_dict(cfg["spec"])
+    except Exception as e:  # ConfigError and malformed values alike
+        raise SourceError(f"{Path(ckpt) / CONFIG_FILE} has an invalid diffusion spec: {e}") from None
+
+
 def load_checkpoint(ckpt: Path | str) -> tuple[torch.nn.Module, DiffusionSpec, dict[str, Any]]:
     """(module with the EMA weights in eval mode, its DiffusionSpec, the config.json dict)."""
-    from ddpm_rt.models.registry import get_builtin
+    from ddpm_rt.models.catalog import get_builtin
 
     ckpt = Path(ckpt)
     cfg = read_config(ckpt)
     builtin = get_builtin(cfg["kind"])
-    try:
-        spec = DiffusionSpec.from_dict(cfg["spec"])
-    except Exception as e:  # ConfigError and malformed values alike
-        raise SourceError(f"{ckpt / CONFIG_FILE} has an invalid diffusion spec: {e}") from None
+    spec = checkpoint_spec(ckpt, cfg)
     try:
         module = builtin.build(cfg["model_config"])
     except TypeError as e:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ddpm_rt.models.registry import get_builtin, shipped_dir
+from ddpm_rt.models.catalog import get_builtin, shipped_dir
 from ddpm_rt.quality.report import quality_report
 from ddpm_rt.quality.sampling import sample_module
 from ddpm_rt.train import checkpoint as ck

@@ -173,7 +173,7 @@ def train(
     on_log: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train built-in `kind` into checkpoint dir `out`, resuming if it already holds one of `kind`."""
-    from ddpm_rt.models.registry import get_builtin
+    from ddpm_rt.models.catalog import get_builtin
 
     builtin = get_builtin(kind)
     out = Path(out)

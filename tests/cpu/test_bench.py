@@ -15,10 +15,11 @@ from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite
 from ddpm_rt.bench.timing import RssSampler, TimedModel, summary
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.schedule import ScheduleSpec
-from ddpm_rt.source import ModelSource
+from ddpm_rt.sources import ModelSource, SourceKind
 from ddpm_rt.spec import DiffusionSpec
 from tests.cli_helpers import assert_one_line_error, run_cli
-from tests.cpu.test_ort_backend import export, make_source
+from tests.helpers.bundles import export, make_source, write_manifest
+from tests.helpers.sources import weights_key
 
 FAST = BenchConfig(backends=("torch", "ort"), batches=(1, 2), warmup=1, repeat=2, threads=1)
 
@@ -150,10 +151,11 @@ def test_ddim_pipeline_suite_on_a_tiny_diffusers_unet(tmp_path):
             return self.unet(x, t).sample
 
     module = Denoiser().eval()
-    export(module, (3, 8, 8), tmp_path / "unet")
     spec = DiffusionSpec(ScheduleSpec(kind="linear", num_train_timesteps=1000), "epsilon", (3, 8, 8),
                          clip=(-1.0, 1.0))
-    src = ModelSource("test:tiny-unet", spec, lambda: module, bundle=tmp_path / "unet")
+    write_manifest(export(module, (3, 8, 8), tmp_path / "unet"), spec)
+    src = ModelSource(SourceKind.MODULE, "test:tiny-unet", spec, weights_key(module), bundle=tmp_path / "unet",
+                      load_module=lambda: module)
     plan = spec.plan(spec.sampler(8))
     res = run_pipeline_suite(src, plan, BenchConfig(warmup=0, repeat=1, threads=1))
     rows = {r["runner"]: r for r in res["results"]}

@@ -16,7 +16,7 @@ import torch
 
 from ddpm_rt.doctor import CUDA_MISSING, TRT_MISSING
 from ddpm_rt.errors import BackendUnavailable, ConfigError
-from ddpm_rt.exporter.trt_build import (
+from ddpm_rt.gpu.trt_build import (
     BuildConfig,
     Precision,
     keep_fp32,
@@ -104,22 +104,24 @@ def test_build_config_validates() -> None:
 
 @no_cuda
 def test_gpu_backends_unavailable_with_one_line_reasons() -> None:
-    from ddpm_rt.runtime.backend import available_backends, resolve_backend_name, unavailable_reason
+    from ddpm_rt.prepare import choose_backend
+    from ddpm_rt.runtime.backend import available_backends, check_backend, unavailable_reason
+    from ddpm_rt.sources import resolve_source
 
     assert unavailable_reason("torch-cuda") == CUDA_MISSING
     assert unavailable_reason("trt") == CUDA_MISSING  # CUDA is the first thing missing
     usable = available_backends()
     assert "trt" not in usable and "torch-cuda" not in usable
-    assert resolve_backend_name("auto") not in ("trt", "torch-cuda")
+    assert choose_backend("auto", resolve_source("swissroll")).name not in ("trt", "torch-cuda")
     with pytest.raises(BackendUnavailable, match="no CUDA device"):
-        resolve_backend_name("trt")
+        check_backend("trt")
 
 
 def test_tensorrt_missing_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     import ddpm_rt.doctor as doctor
-    from ddpm_rt.runtime.trt_backend import TrtBackend
+    from ddpm_rt.gpu.trt_backend import TrtBackend
 
     real = importlib.util.find_spec
     monkeypatch.setattr(doctor, "cuda_missing_reason", lambda: None)  # pretend CUDA is there
@@ -143,8 +145,8 @@ def test_build_without_tensorrt_through_main(monkeypatch, capsys, tmp_path) -> N
 
 def test_import_never_pulls_tensorrt() -> None:
     code = (
-        "import sys, ddpm_rt, ddpm_rt.cli, ddpm_rt.doctor, ddpm_rt.exporter.trt_build, "
-        "ddpm_rt.exporter.engine_cache, ddpm_rt.runtime.trt_backend, ddpm_rt.runtime.torch_cuda_backend, "
+        "import sys, ddpm_rt, ddpm_rt.cli, ddpm_rt.doctor, ddpm_rt.gpu.trt_build, "
+        "ddpm_rt.gpu.engine_cache, ddpm_rt.gpu.trt_backend, ddpm_rt.gpu.torch_cuda_backend, "
         "ddpm_rt.runtime.device_loop\n"
         "from ddpm_rt.runtime.backend import available_backends; available_backends()\n"
         "assert 'tensorrt' not in sys.modules, 'tensorrt imported'\n"
@@ -238,7 +240,7 @@ def test_doctor_json() -> None:
 
 
 def test_parity_metrics() -> None:
-    from ddpm_rt.commands.selfcheck import parity_metrics
+    from ddpm_rt.bench.parity import parity_metrics
 
     ref = np.ones((2, 3), dtype=np.float32)
     m = parity_metrics(ref + 0.01, ref)
@@ -249,8 +251,8 @@ def test_parity_metrics() -> None:
 
 def test_pinned_source_shares_one_set_of_weights() -> None:
     # an untrained built-in builds fresh random weights per load; the self-check pins one set
-    from ddpm_rt.commands.selfcheck import pinned_source
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.bench.selfcheck import pinned_source
+    from ddpm_rt.sources import resolve_source
 
     src = pinned_source(resolve_source("swissroll"))
     a, b = src.load_module(), src.load_module()
@@ -260,9 +262,9 @@ def test_pinned_source_shares_one_set_of_weights() -> None:
 
 
 def test_selfcheck_report_shows_one_step_and_1ulp_scale() -> None:
-    from ddpm_rt.commands.selfcheck import render_markdown
+    from ddpm_rt.bench.selfcheck import render_markdown
 
-    timing = {"median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.2, "speedup_vs_eager": 1.0}
+    timing = {"median": 2.0, "p10": 1.9, "p90": 2.2, "speedup_vs_eager": 1.0}
     parity = {"max_abs": 0.31, "rel_rms": 0.42, "finite": True, "one_step_rel_rms": 3.0e-7,
               "tolerance_rel_rms": 1.1, "ok": True}
     report = {

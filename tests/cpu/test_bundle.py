@@ -10,14 +10,15 @@ import onnx
 import pytest
 import torch
 
+from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.errors import BundleError
-from ddpm_rt.exporter.bundle import load_bundle
-from ddpm_rt.exporter.cache import ensure_bundle
+from ddpm_rt.exporter.cache import cached_bundle
 from ddpm_rt.exporter.export import ExportOptions, export_bundle
-from ddpm_rt.exporter.sources import ExportSource
+from ddpm_rt.runtime.backend import open_backend
 from ddpm_rt.schedule import ScheduleSpec
-from ddpm_rt.source import ModelSource, resolve_source
+from ddpm_rt.sources import SourceKind, resolve_source
 from ddpm_rt.spec import DiffusionSpec
+from tests.helpers.sources import module_source
 from tests.helpers.tiny import make_mlp
 
 SPEC = DiffusionSpec(ScheduleSpec(kind="cosine", num_train_timesteps=40), "epsilon", (2,), clip=(-1.0, 1.0))
@@ -31,7 +32,7 @@ def _quiet(_: str) -> None:
 @pytest.fixture(scope="module")
 def master(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("b") / "mlp"
-    export_bundle(ExportSource(make_mlp(), SPEC, "module", "tests.helpers.tiny:make_mlp"), out, QUIET, _quiet)
+    export_bundle(module_source(make_mlp(), SPEC), out, QUIET, _quiet)
     return out
 
 
@@ -48,8 +49,9 @@ def test_good_bundle_loads(bundle: Path) -> None:
     b = load_bundle(bundle)
     assert b.spec == SPEC and b.hash_checked and b.onnx_path == bundle / "denoiser.onnx"
     assert b.manifest["source"] == {"kind": "module", "ref": "tests.helpers.tiny:make_mlp"}
-    src = resolve_source(str(bundle))  # ddpm_rt.source reads it the same way
-    assert src.spec == SPEC and src.bundle_dir() == bundle
+    src = resolve_source(str(bundle))  # ddpm_rt.sources reads it the same way
+    assert src.kind is SourceKind.BUNDLE and src.spec == SPEC and src.bundle == bundle.resolve()
+    assert src.content_key == b.manifest["onnx_sha256"]
 
 
 def test_edited_onnx_is_named(bundle: Path) -> None:
@@ -63,7 +65,11 @@ def test_wrong_format_version_is_named(bundle: Path) -> None:
     m = _manifest(bundle)
     m["format_version"] = 99
     (bundle / "ddpm_rt.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="format version 99.*reads version 1"):
+    with pytest.raises(BundleError, match="format version 99, newer than.*upgrade ddpm-rt"):
+        load_bundle(bundle)
+    m["format_version"] = 0
+    (bundle / "ddpm_rt.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format version 0, older than.*re-export"):
         load_bundle(bundle)
 
 
@@ -83,8 +89,8 @@ def test_manifest_and_graph_shapes_must_agree(bundle: Path) -> None:
     m = _manifest(bundle)
     m["spec"]["sample_shape"] = [3]
     (bundle / "ddpm_rt.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="inconsistent"):
-        load_bundle(bundle)
+    with pytest.raises(BundleError, match="inconsistent"):  # found when a runtime opens the graph
+        open_backend("ort", load_bundle(bundle), 2)
 
 
 def test_bare_onnx_carries_its_manifest(bundle: Path, tmp_path: Path) -> None:
@@ -103,19 +109,25 @@ def test_bare_onnx_carries_its_manifest(bundle: Path, tmp_path: Path) -> None:
 def test_cache_exports_once_and_rekeys_on_new_weights(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DDPM_RT_CACHE", str(tmp_path / "cache"))
     module = make_mlp()
-    source = ModelSource("builtin:swissroll", SPEC, lambda: module)
-    first = ensure_bundle(source, None)
+    source = module_source(module, SPEC, ref="swissroll", kind=SourceKind.BUILTIN)
+    first = cached_bundle(source).directory
     assert first.parent == tmp_path / "cache" / "bundles"
     stamp = (first / "denoiser.onnx").stat().st_mtime_ns
-    assert ensure_bundle(source, None) == first
+    assert cached_bundle(source).directory == first
     assert (first / "denoiser.onnx").stat().st_mtime_ns == stamp  # reused, not re-exported
     assert load_bundle(first).manifest["source"] == {"kind": "builtin", "ref": "swissroll"}
 
     with torch.no_grad():
         module.net[0].bias.add_(1.0)
-    second = ensure_bundle(source, None)
+    source = module_source(module, SPEC, ref="swissroll", kind=SourceKind.BUILTIN)
+    second = cached_bundle(source).directory
     assert second != first and load_bundle(second).manifest["cache_key"] != load_bundle(first).manifest["cache_key"]
 
     (second / "denoiser.onnx").write_bytes(b"broken")  # a damaged entry is exported again
-    assert ensure_bundle(source, None) == second
+    assert cached_bundle(source).directory == second
     load_bundle(second)
+    (second / "ddpm_rt.json").unlink()  # a lost manifest, too
+    assert cached_bundle(source).directory == second
+    shutil.rmtree(second)
+    second.write_text("not a directory")  # and a file where the entry belongs
+    assert cached_bundle(source).directory == second and second.is_dir()

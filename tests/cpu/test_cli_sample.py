@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.cli_helpers import assert_one_line_error, assert_usage_error, run_cli
 
 
 @pytest.mark.parametrize("backend", ["torch", "ort"])
@@ -51,13 +51,11 @@ def test_sample_default_writes_png(tmp_path):
 @pytest.mark.parametrize(
     "args,needles",
     [
-        (["--steps", "0"], ["steps"]),
         (["--steps", "5000"], ["steps", "1000"]),
         (["--backend", "nope"], ["backend", "ort"]),
         (["--sampler", "euler"], ["sampler", "ddim"]),
         (["--spacing", "weird"], ["spacing", "leading"]),
         (["--out", "x.jpg"], [".png", ".npy"]),
-        (["--batch", "0"], ["batch"]),
         (["--backend", "trt"], ["trt"]),
         (["no/such/model"], ["not found"]),
     ],
@@ -66,4 +64,15 @@ def test_sample_bad_input_is_one_line(tmp_path, args, needles):
     extra = [] if "--backend" in args else ["--backend", "torch"]
     proc = run_cli("sample", *args, *extra, cwd=tmp_path)
     assert_one_line_error(proc, *needles)
+    assert not list(tmp_path.iterdir()), "nothing may be written on error"
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--steps", "0"], "--steps"), (["--batch", "0"], "--batch"), (["--steps", "abc"], "--steps"),
+    (["--seed", "-1"], "--seed"), (["--threads", "-2"], "--threads"), (["--eta", "5"], "--eta"),
+    (["--stepz", "5"], "--stepz"),
+])
+def test_sample_usage_errors_exit_2_naming_the_option(tmp_path, args, option):
+    proc = run_cli("sample", *args, cwd=tmp_path)
+    assert_usage_error(proc, option)
     assert not list(tmp_path.iterdir()), "nothing may be written on error"

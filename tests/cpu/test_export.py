@@ -114,12 +114,12 @@ def _file_parent(tmp_path: Path) -> Path:
     ("case", "needles"),
     [
         ("missing", ("not found",)),
-        ("neither", ("not a model folder",)),
+        ("neither", ("not a model ddpm-rt can read",)),
         ("mismatch", ("do not match", "missing")),
         ("not_module", ("not a torch.nn.Module",)),
         ("bad_clip", ("--clip",)),
         ("parity", ("differs from eager", "tolerance")),
-        ("out_under_file", ("cannot create output directory",)),
+        ("out_under_file", ("cannot create bundle directory",)),
         ("out_not_bundle", ("not a bundle",)),
     ],
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_rt.models.registry import BUILTIN
+from ddpm_rt.models.catalog import BUILTIN
 from tests.helpers.bundles import call_main, read_manifest
 
 
@@ -27,7 +27,7 @@ def test_checkpoint_dir_exports_and_bundle_points_back(tmp_path: Path, capsys) -
 
     import numpy as np
 
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.sources import resolve_source
     from ddpm_rt.train.checkpoint import FORMAT, FORMAT_VERSION
     from tests.helpers.bundles import save_weights
 

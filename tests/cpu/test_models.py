@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from ddpm_rt.errors import SourceError
-from ddpm_rt.models import registry
+from ddpm_rt.models import catalog
+from ddpm_rt.models.catalog import BUILTIN, DEFAULT_MODEL, get_builtin
 from ddpm_rt.models.embeddings import SinusoidalEmbedding
-from ddpm_rt.models.registry import BUILTIN, DEFAULT_MODEL, get_builtin
+from ddpm_rt.sources.builtin import load_shipped
 
 NAMES = sorted(BUILTIN)
 
@@ -102,16 +103,16 @@ def test_get_builtin_unknown_names_the_choices() -> None:
 
 
 def test_load_shipped_without_weights_is_a_source_error(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(registry, "ASSETS", tmp_path)
-    assert not registry.has_shipped_weights("digits")
+    monkeypatch.setattr(catalog, "ASSETS", tmp_path)
+    assert not catalog.has_shipped_weights("digits") and catalog.shipped_bundle("digits") is None
     with pytest.raises(SourceError, match="no shipped weights for 'digits'"):
-        registry.load_shipped("digits")
+        load_shipped("digits")
     with pytest.raises(SourceError, match="unknown built-in model"):
-        registry.load_shipped("nope")
+        load_shipped("nope")
 
 
 def test_shipped_weights_load_in_eval_mode() -> None:
-    assert registry.has_shipped_weights(DEFAULT_MODEL) and registry.has_shipped_weights("swissroll")
-    model = registry.load_shipped(DEFAULT_MODEL)
+    assert catalog.has_shipped_weights(DEFAULT_MODEL) and catalog.has_shipped_weights("swissroll")
+    model = load_shipped(DEFAULT_MODEL)
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())

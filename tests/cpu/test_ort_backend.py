@@ -11,37 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
-from ddpm_rt.models.registry import get_builtin
+from ddpm_rt.models.catalog import get_builtin
+from ddpm_rt.prepare import choose_backend, open_for
 from ddpm_rt.runtime import ort_cache
-from ddpm_rt.runtime.backend import BackendOptions, open_backend, resolve_backend_name
+from ddpm_rt.runtime.backend import BackendOptions, open_backend
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
 from ddpm_rt.schedule import ScheduleSpec
-from ddpm_rt.source import ModelSource
+from ddpm_rt.sources import ModelSource
 from ddpm_rt.spec import DiffusionSpec
+from tests.helpers.bundles import export, make_source, write_manifest
 
 ORT = BackendOptions(threads=1)
-
-
-def export(module: torch.nn.Module, sample_shape: tuple[int, ...], path: Path,
-           names: tuple[str, str, str] = ("x", "t", "out")) -> Path:
-    """A contract-shaped ONNX (x, t float32 [B]; out; dynamic batch) in `path`/denoiser.onnx."""
-    path.mkdir(parents=True, exist_ok=True)
-    x = torch.randn(2, *sample_shape)
-    t = torch.full((2,), 3.0)
-    axes = {n: {0: "batch"} for n in names}
-    torch.onnx.export(module.eval(), (x, t), str(path / "denoiser.onnx"), input_names=list(names[:2]),
-                      output_names=[names[2]], dynamic_axes=axes, opset_version=17, dynamo=False)
-    return path
-
-
-def make_source(name: str, path: Path, seed: int = 0, spec: DiffusionSpec | None = None) -> ModelSource:
-    torch.manual_seed(seed)
-    model = get_builtin(name)
-    module = model.build().eval()
-    spec = spec or model.spec
-    export(module, spec.sample_shape, path)
-    return ModelSource(f"test:{name}", spec, lambda: module, bundle=path)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +40,7 @@ def test_full_plan_parity_with_torch(swissroll):
     noise = rng.standard_normal((plan.steps, 64, 2), dtype=np.float32)
     finals = {}
     for name in ("torch", "ort"):
-        with open_backend(name, swissroll, 64, ORT) as be:
+        with open_for(name, swissroll, 64, ORT) as be:
             finals[name] = be.sample(plan, x_init, noise=noise)
     assert np.all(np.isfinite(finals["ort"]))
     assert np.max(np.abs(finals["ort"] - finals["torch"])) <= 1e-4
@@ -70,7 +52,7 @@ def test_digits_single_call_parity(tmp_path):
     t = np.array([999.0, 500.0, 0.0], dtype=np.float32)
     with torch.inference_mode():
         ref = src.load_module()(torch.from_numpy(x), torch.from_numpy(t)).numpy()
-    with open_backend("ort", src, 4, ORT) as be:
+    with open_for("ort", src, 4, ORT) as be:
         out = be(x, t)  # batch 3 on a backend opened for 4: bound to a slice of the output
         assert out.shape == (3, 1, 16, 16)
         assert np.max(np.abs(out - ref)) <= 1e-5
@@ -78,7 +60,7 @@ def test_digits_single_call_parity(tmp_path):
 
 def test_loop_buffers_are_bound_not_copied(swissroll):
     """The loop's x/t arrays become the graph inputs, and the output is our preallocated buffer."""
-    with open_backend("ort", swissroll, 8, ORT) as be:
+    with open_for("ort", swissroll, 8, ORT) as be:
         x = np.ones((8, 2), np.float32)
         t = np.full(8, 5.0, np.float32)
         out1 = be(x, t)
@@ -98,7 +80,7 @@ def test_no_allocation_per_step(tmp_path):
     src = make_source("swissroll", tmp_path / "mlp", spec=spec)
     batch = 2048  # one [B, 2] float32 buffer = 16 KiB: any per-step array would show
     x_init = initial_noise((batch, 2), np.random.default_rng(0))
-    with open_backend("ort", src, batch, ORT) as be:
+    with open_for("ort", src, batch, ORT) as be:
         plans = {n: spec.plan(spec.sampler(n, sampler="ddpm")) for n in (10, 400)}
         for plan in plans.values():  # warm-up (ORT's python layer caches a few things once)
             be.sample(plan, x_init)
@@ -125,13 +107,13 @@ def test_graph_cache_reused_then_rebuilt_when_onnx_changes(tmp_path):
     src = make_source("swissroll", tmp_path / "b", seed=0)
     x = initial_noise((4, 2), np.random.default_rng(0))
     t = np.full(4, 10.0, np.float32)
-    with open_backend("ort", src, 4, ORT) as be:
+    with open_for("ort", src, 4, ORT) as be:
         assert be.info["graph_cache"] == "built"
         first_model = Path(be.info["model"])
         assert first_model.parent == tmp_path / "b" / ort_cache.CACHE_SUBDIR  # beside the bundle
         out_a = be(x, t).copy()
     mtime = first_model.stat().st_mtime_ns
-    with open_backend("ort", src, 4, ORT) as be:
+    with open_for("ort", src, 4, ORT) as be:
         assert be.info["graph_cache"] == "hit" and Path(be.info["model"]) == first_model
     assert first_model.stat().st_mtime_ns == mtime  # reused, not rewritten
 
@@ -139,7 +121,7 @@ def test_graph_cache_reused_then_rebuilt_when_onnx_changes(tmp_path):
     src2 = make_source("swissroll", tmp_path / "b", seed=1)
     with torch.inference_mode():
         ref_b = src2.load_module()(torch.from_numpy(x), torch.from_numpy(t)).numpy()
-    with open_backend("ort", src2, 4, ORT) as be:
+    with open_for("ort", src2, 4, ORT) as be:
         assert be.info["graph_cache"] == "built" and Path(be.info["model"]) != first_model
         out_b = be(x, t)
         assert np.max(np.abs(out_b - ref_b)) <= 1e-5
@@ -148,14 +130,14 @@ def test_graph_cache_reused_then_rebuilt_when_onnx_changes(tmp_path):
 
 def test_graph_cache_tampered_or_half_written_entry_is_rebuilt(tmp_path):
     src = make_source("swissroll", tmp_path / "b")
-    with open_backend("ort", src, 2, ORT) as be:
+    with open_for("ort", src, 2, ORT) as be:
         model = Path(be.info["model"])
     meta = model.with_suffix(".json")
     model.write_bytes(model.read_bytes()[:-16] + b"\0" * 16)  # same name, other content
-    with open_backend("ort", src, 2, ORT) as be:
+    with open_for("ort", src, 2, ORT) as be:
         assert be.info["graph_cache"] == "built"
     meta.unlink()  # a crash between the two atomic writes leaves a model without meta
-    with open_backend("ort", src, 2, ORT) as be:
+    with open_for("ort", src, 2, ORT) as be:
         assert be.info["graph_cache"] == "built"
     assert json.loads(meta.read_text())["fields"]["onnxruntime"]
     assert not list(model.parent.glob(".*tmp*")), "temporary files left behind"
@@ -175,54 +157,69 @@ def test_graph_cache_key_covers_provider_and_options(tmp_path):
 def test_read_only_bundle_falls_back_to_user_cache(tmp_path, monkeypatch):
     src = make_source("swissroll", tmp_path / "ro")
     bundle_cache = tmp_path / "ro" / ort_cache.CACHE_SUBDIR
-    real = ort_cache._writable_dir
-    monkeypatch.setattr(ort_cache, "_writable_dir", lambda p: p != bundle_cache and real(p))
+    real = ort_cache.writable_dir
+    monkeypatch.setattr(ort_cache, "writable_dir", lambda p: p != bundle_cache and real(p))
     monkeypatch.setenv("DDPM_RT_CACHE", str(tmp_path / "user"))
-    with open_backend("ort", src, 2, ORT) as be:
+    with open_for("ort", src, 2, ORT) as be:
         assert Path(be.info["model"]).parent == tmp_path / "user" / ort_cache.CACHE_SUBDIR
     # an explicit cache_dir wins over both
-    with open_backend("ort", src, 2, BackendOptions(threads=1, cache_dir=str(tmp_path / "x"))) as be:
+    with open_for("ort", src, 2, BackendOptions(threads=1, cache_dir=str(tmp_path / "x"))) as be:
         assert Path(be.info["model"]).parent == tmp_path / "x" / ort_cache.CACHE_SUBDIR
 
 
 def test_session_settings_are_explicit(swissroll):
-    with open_backend("ort", swissroll, 2, BackendOptions(threads=2)) as be:
+    with open_for("ort", swissroll, 2, BackendOptions(threads=2)) as be:
         assert be.info["intra_op_threads"] == 2 and be.info["inter_op_threads"] == 1
         assert be.info["providers"] == ["CPUExecutionProvider"]
 
 
 def test_wrong_shape_and_precision_are_config_errors(swissroll):
-    with open_backend("ort", swissroll, 4, ORT) as be:
+    with open_for("ort", swissroll, 4, ORT) as be:
         with pytest.raises(ConfigError, match="opened for"):
             be(np.zeros((8, 2), np.float32), np.zeros(8, np.float32))  # batch above the maximum
         with pytest.raises(ConfigError, match="opened for"):
             be(np.zeros((4, 3), np.float32), np.zeros(4, np.float32))
     with pytest.raises(ConfigError, match="fp32"):
-        open_backend("ort", swissroll, 4, BackendOptions(precision="fp16"))
+        open_for("ort", swissroll, 4, BackendOptions(precision="fp16"))
 
 
 def test_graph_with_other_io_names_is_a_bundle_error(tmp_path):
     torch.manual_seed(0)
     model = get_builtin("swissroll")
-    path = export(model.build(), (2,), tmp_path / "bad", names=("sample", "timestep", "eps"))
-    src = ModelSource("test:bad", model.spec, None, bundle=path)
-    with pytest.raises(BundleError, match="expected"):
-        open_backend("ort", src, 2, ORT)
+    path = write_manifest(export(model.build(), (2,), tmp_path / "bad", names=("sample", "timestep", "eps")),
+                          model.spec)
+    with pytest.raises(BundleError, match="contract is inputs"):
+        open_backend("ort", load_bundle(path), 2, ORT)
+
+
+def test_static_batch_graph_is_refused_with_the_batch_it_takes(tmp_path):
+    torch.manual_seed(0)
+    model = get_builtin("swissroll")
+    path = tmp_path / "static"
+    path.mkdir()
+    torch.onnx.export(model.build().eval(), (torch.randn(1, 2), torch.full((1,), 3.0)), str(path / "denoiser.onnx"),
+                      input_names=["x", "t"], output_names=["out"], opset_version=17, dynamo=False)
+    bundle = load_bundle(write_manifest(path, model.spec))
+    with pytest.raises(ConfigError, match="static batch of 1; use --batch 1"):
+        open_backend("ort", bundle, 4, ORT)
+    with open_backend("ort", bundle, 1, ORT) as be:
+        assert be(np.zeros((1, 2), np.float32), np.ones(1, np.float32)).shape == (1, 2)
 
 
 def test_missing_onnx_is_a_bundle_error(tmp_path):
-    (tmp_path / "empty").mkdir()
-    src = ModelSource("test:empty", get_builtin("swissroll").spec, None, bundle=tmp_path / "empty")
-    with pytest.raises(BundleError, match="denoiser.onnx"):
-        open_backend("ort", src, 2, ORT)
+    path = tmp_path / "empty"
+    path.mkdir()
+    (path / "ddpm_rt.json").write_text('{"format": "ddpm-rt-bundle", "format_version": 1}')
+    with pytest.raises(BundleError, match="missing its graph denoiser.onnx"):
+        load_bundle(path)
 
 
-def test_auto_picks_ort_without_cuda():
+def test_auto_picks_ort_without_cuda(swissroll):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers() or torch.cuda.is_available():
         pytest.skip("a GPU runtime is present: auto may pick a device backend")
-    assert resolve_backend_name("auto") == "ort"
+    assert choose_backend("auto", swissroll).name == "ort"
 
 
 @pytest.mark.parametrize("name", ["ort-cuda", "ort-trt"])
@@ -237,7 +234,7 @@ def test_gpu_backends_say_how_to_install(name, swissroll):
     reason = unavailable_reason(name)
     assert reason and "pip install 'ddpm-rt[ort-gpu]'" in reason and "\n" not in reason
     with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
-        open_backend(name, swissroll, 2, ORT)
+        open_for(name, swissroll, 2, ORT)
 
 
 def test_sample_loop_with_ort_matches_backend_sample(swissroll):
@@ -245,7 +242,7 @@ def test_sample_loop_with_ort_matches_backend_sample(swissroll):
     plan = swissroll.spec.plan(swissroll.spec.sampler(12))
     x_init = initial_noise((16, 2), np.random.default_rng(4))
     noise = np.random.default_rng(5).standard_normal((12, 16, 2), dtype=np.float32)
-    with open_backend("ort", swissroll, 16, ORT) as be:
+    with open_for("ort", swissroll, 16, ORT) as be:
         a = be.sample(plan, x_init, noise=noise)
         b = sample_loop(be, plan, x_init, noise=noise)
     np.testing.assert_array_equal(a, b)

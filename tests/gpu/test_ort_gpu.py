@@ -35,15 +35,16 @@ def digits(tmp_path_factory):
     ],
 )
 def test_gpu_backend_matches_cpu_eager(digits, name, provider, cuda_graph):
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend
+    from ddpm_rt.prepare import open_for
+    from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
 
     plan = digits.spec.plan(digits.spec.sampler(10))
     x_init = initial_noise((4, 1, 16, 16), np.random.default_rng(0))
-    with open_backend("torch", digits, 4, BackendOptions()) as be:
+    with open_for("torch", digits, 4, BackendOptions()) as be:
         ref = be.sample(plan, x_init)
     opts = BackendOptions(cuda_graph=cuda_graph)
-    with open_backend(name, digits, 4, opts) as be:
+    with open_for(name, digits, 4, opts) as be:
         assert be.info["providers"][0] == provider
         out = be.sample(plan, x_init)
         again = be.sample(plan, x_init)  # a replayed CUDA graph gives the same result

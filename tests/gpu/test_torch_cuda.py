@@ -87,9 +87,10 @@ def test_rng_convention_matches_host_loop_on_cuda() -> None:
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 5e-2)])
 def test_torch_cuda_backend_on_a_builtin(cuda_graph: bool, precision: str, tol: float) -> None:
     from ddpm_rt.commands.selfcheck import pinned_source
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend
-    from ddpm_rt.runtime.torch_backend import TorchBackend
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.eager import TorchBackend
+    from ddpm_rt.prepare import open_for
+    from ddpm_rt.runtime.backend import BackendOptions
+    from ddpm_rt.sources import resolve_source
 
     src = pinned_source(resolve_source("digits"))  # one set of weights for eager and torch-cuda
     plan = src.spec.plan(src.spec.sampler(20))
@@ -97,7 +98,7 @@ def test_torch_cuda_backend_on_a_builtin(cuda_graph: bool, precision: str, tol: 
     noise = np.random.default_rng(1).standard_normal((plan.steps, *x_init.shape), dtype=np.float32)
     ref = TorchBackend(src.load_module()).sample(plan, x_init, noise=noise)
     opts = BackendOptions(precision=precision, cuda_graph=cuda_graph)
-    with open_backend("torch-cuda", src, 4, opts) as be:
+    with open_for("torch-cuda", src, 4, opts) as be:
         got = be.sample(plan, x_init, noise=noise)
         again = be.sample(plan, x_init, noise=noise)
     np.testing.assert_array_equal(got, again)  # a replay is deterministic

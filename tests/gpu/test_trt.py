@@ -25,7 +25,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     from ddpm_rt.commands.selfcheck import pinned_source
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.sources import resolve_source
 
     cache = tmp_path_factory.mktemp("cache")
     src = pinned_source(resolve_source("digits"))  # one set of weights for eager and the bundle
@@ -34,7 +34,7 @@ def digits(tmp_path_factory):
 
 
 def _reference(src, plan, x_init, noise):
-    from ddpm_rt.runtime.torch_backend import TorchBackend
+    from ddpm_rt.eager import TorchBackend
 
     return TorchBackend(src.load_module()).sample(plan, x_init, noise=noise)
 
@@ -44,7 +44,7 @@ def _rel_rms(got, ref):
 
 
 def test_engine_is_built_once_then_cached(digits):
-    from ddpm_rt.exporter.trt_build import BuildConfig, ensure_engine
+    from ddpm_rt.gpu.trt_build import BuildConfig, ensure_engine
 
     _, bundle = digits
     cfg = BuildConfig(precision="fp32", min_batch=1, opt_batch=4, max_batch=8, opt_level=1)
@@ -58,7 +58,8 @@ def test_engine_is_built_once_then_cached(digits):
 @pytest.mark.parametrize("cuda_graph", [True, False])
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("fp16", 5e-2)])
 def test_trt_backend_matches_eager(digits, cuda_graph, precision, tol):
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend
+    from ddpm_rt.prepare import open_for
+    from ddpm_rt.runtime.backend import BackendOptions
 
     src, bundle = digits
     plan = src.spec.plan(src.spec.sampler(50))
@@ -66,7 +67,7 @@ def test_trt_backend_matches_eager(digits, cuda_graph, precision, tol):
     noise = np.random.default_rng(1).standard_normal((plan.steps, *x_init.shape), dtype=np.float32)
     ref = _reference(src, plan, x_init, noise)
     opts = BackendOptions(precision=precision, cuda_graph=cuda_graph, cache_dir=str(bundle.parent))
-    with open_backend("trt", src, 4, opts) as be:
+    with open_for("trt", src, 4, opts) as be:
         got = be.sample(plan, x_init, noise=noise)
         again = be.sample(plan, x_init, noise=noise)
         assert be.loop.captures == int(cuda_graph)
@@ -77,8 +78,8 @@ def test_trt_backend_matches_eager(digits, cuda_graph, precision, tol):
 
 def test_batch_outside_engine_range_is_config_error(digits):
     from ddpm_rt.errors import ConfigError
-    from ddpm_rt.exporter.trt_build import BuildConfig, ensure_engine
-    from ddpm_rt.runtime.trt_backend import TrtBackend, TrtEngine
+    from ddpm_rt.gpu.trt_backend import TrtBackend, TrtEngine
+    from ddpm_rt.gpu.trt_build import BuildConfig, ensure_engine
 
     src, bundle = digits
     rec = ensure_engine(bundle, BuildConfig(min_batch=1, opt_batch=2, max_batch=2, opt_level=1))

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ddpm_rt.sources.source import ModelSource, SourceKind
+from ddpm_rt.spec import DiffusionSpec
+from tests.helpers.sources import weights_key
+
 
 def save_weights(module, path: Path) -> Path:
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
@@ -66,3 +70,45 @@ def call_main(capsys, *args: str):
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(["ddpm-rt", *args], code, captured.out, captured.err)
+
+
+def write_manifest(bundle: Path, spec, source: dict | None = None) -> Path:
+    """Make `bundle`/denoiser.onnx (exported by a test itself) a loadable bundle: manifest + hash."""
+    from ddpm_rt.bundle.contract import CONTRACT
+    from ddpm_rt.bundle.manifest import MANIFEST_FILE, build_manifest, dumps, with_hash
+    from ddpm_rt.fsutil import file_sha256
+
+    m = build_manifest(source=source or {"kind": "module", "ref": "tests"}, spec=spec.to_dict(),
+                       io=CONTRACT.to_dict(spec.sample_shape), opset=17, precision="fp32", graph={},
+                       parity=None, exporter="torchscript", versions={})
+    (bundle / MANIFEST_FILE).write_text(dumps(with_hash(m, file_sha256(bundle / "denoiser.onnx"))))
+    return bundle
+
+
+def export(module, sample_shape: tuple[int, ...], path: Path,
+           names: tuple[str, str, str] = ("x", "t", "out")) -> Path:
+    """A contract-shaped ONNX (x, t float32 [B]; out; dynamic batch) in `path`/denoiser.onnx."""
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    x = torch.randn(2, *sample_shape)
+    t = torch.full((2,), 3.0)
+    axes = {n: {0: "batch"} for n in names}
+    torch.onnx.export(module.eval(), (x, t), str(path / "denoiser.onnx"), input_names=list(names[:2]),
+                      output_names=[names[2]], dynamic_axes=axes, opset_version=17, dynamo=False)
+    return path
+
+
+def make_source(name: str, path: Path, seed: int = 0, spec: DiffusionSpec | None = None) -> ModelSource:
+    """An untrained built-in exported by hand into `path` (a bundle), with its module as well."""
+    import torch
+
+    from ddpm_rt.models.catalog import get_builtin
+
+    torch.manual_seed(seed)
+    model = get_builtin(name)
+    module = model.build().eval()
+    spec = spec or model.spec
+    write_manifest(export(module, spec.sample_shape, path), spec)
+    return ModelSource(SourceKind.MODULE, f"test:{name}", spec, weights_key(module), bundle=path,
+                       load_module=lambda: module)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.exporter.engine_cache import (
+from ddpm_rt.gpu.engine_cache import (
     EngineCache,
     EngineMeta,
     engine_key,

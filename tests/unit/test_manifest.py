@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ddpm_rt.errors import ConfigError, SourceError
-from ddpm_rt.exporter.contract import CONTRACT
-from ddpm_rt.exporter.diffusers_source import spec_from_scheduler
-from ddpm_rt.exporter.manifest import FORMAT_VERSION, build_manifest, with_hash, without_hash
-from ddpm_rt.exporter.sources import ScheduleFlags, parse_clip, parse_shape
+from ddpm_rt.bundle.contract import CONTRACT, check_io
+from ddpm_rt.bundle.manifest import FORMAT_VERSION, build_manifest, with_hash, without_hash
+from ddpm_rt.errors import BundleError, ConfigError, SourceError
 from ddpm_rt.schedule import ScheduleSpec, make_betas
+from ddpm_rt.sources.diffusers import spec_from_scheduler
+from ddpm_rt.sources.flags import ScheduleFlags, parse_clip, parse_shape
 from ddpm_rt.spec import DiffusionSpec
 
 SPEC = DiffusionSpec(ScheduleSpec(kind="linear", num_train_timesteps=10), "epsilon", (1, 8, 8))
@@ -25,10 +25,32 @@ def test_contract_shapes_and_io_section() -> None:
     assert CONTRACT.opset >= 17
 
 
+def _io(x_shape, t_shape, out_shape, dtype="float32"):
+    return ({"x": (dtype, x_shape), "t": ("float32", t_shape)}, {"out": ("float32", out_shape)})
+
+
+def test_check_io_accepts_the_contract_and_reports_a_static_batch() -> None:
+    assert check_io(*_io(["batch", 1, 8, 8], ["batch"], ["batch", 1, 8, 8]), (1, 8, 8), "g") is None
+    assert check_io(*_io([None, 1, 8, 8], [-1], ["n", 1, 8, 8]), (1, 8, 8), "g") is None  # any dynamic marker
+    assert check_io(*_io([1, 1, 8, 8], [1], [1, 1, 8, 8]), (1, 8, 8), "g") == 1
+
+
+@pytest.mark.parametrize(("io", "match"), [
+    (({"x": ("float32", ["b", 1, 8, 8])}, {"out": ("float32", ["b", 1, 8, 8])}), "contract is inputs"),
+    (_io(["b", 1, 8, 8], ["b"], ["b", 1, 8, 8], dtype="float16"), "is float16"),
+    (_io(["b", 1, 8, 8], ["b"], ["b", 1, 4, 4]), "inconsistent"),
+    (_io([2, 1, 8, 8], [2], [3, 1, 8, 8]), "disagree on the batch"),
+])
+def test_check_io_names_each_problem(io, match) -> None:
+    with pytest.raises(BundleError, match=match):
+        check_io(*io, (1, 8, 8), "g")
+
+
 def test_manifest_carries_spec_and_hash_only_in_json() -> None:
     m = build_manifest(source={"kind": "module", "ref": "a.b:c"}, spec=SPEC.to_dict(),
                        io=CONTRACT.to_dict(SPEC.sample_shape), opset=17, precision="fp32",
-                       graph={"parameters": 5}, parity=None, exporter="torchscript")
+                       graph={"parameters": 5}, parity=None, exporter="torchscript",
+                       versions={"ddpm_rt": "0"})
     assert m["format_version"] == FORMAT_VERSION
     assert m["spec"]["timestep_meaning"] == "train_index"
     assert len(m["spec"]["schedule"]["betas"]) == 10

@@ -1,8 +1,9 @@
 """Read a diffusers model folder from local disk: a DDPM/DDIM pipeline (`unet/` +
 `scheduler/scheduler_config.json`) or a bare `UNet2DModel` folder plus schedule flags.
 
-diffusers is an optional extra, imported only here. The scheduler config is read as
-plain JSON and mapped onto our DiffusionSpec:
+diffusers is an optional extra, imported only to load the module. The configs are read as
+plain JSON (resolving a folder needs no torch), and the scheduler config mapped onto our
+DiffusionSpec:
 
     beta_schedule linear | scaled_linear | squaredcos_cap_v2 → linear | scaled_linear | cosine
     trained_betas                                           → betas (explicit)
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddpm_rt.errors import SourceError
-from ddpm_rt.exporter.sources import ExportSource, ScheduleFlags
+from ddpm_rt.fsutil import file_sha256
 from ddpm_rt.schedule import ScheduleSpec
+from ddpm_rt.sources.flags import ScheduleFlags
+from ddpm_rt.sources.source import ModelSource, SourceKind, content_key
 from ddpm_rt.spec import DiffusionSpec
 
 if TYPE_CHECKING:
@@ -129,8 +132,8 @@ def _import_unet_class():
     return UNet2DModel
 
 
-def load_unet(unet_dir: Path, allow_pickle: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(UNet2DModel in eval mode, its config) from a local folder; SourceError on any mismatch."""
+def read_unet_config(unet_dir: Path, allow_pickle: bool) -> tuple[dict[str, Any], Path]:
+    """(config, weights file) of a UNet2DModel folder, checked as plain JSON; SourceError on any mismatch."""
     cfg_path = unet_dir / "config.json"
     if not cfg_path.is_file():
         raise SourceError(f"{unet_dir} has no config.json (not a diffusers model folder)")
@@ -139,16 +142,29 @@ def load_unet(unet_dir: Path, allow_pickle: bool) -> tuple[torch.nn.Module, dict
         raise SourceError(f"{cfg_path}: model class {config['_class_name']!r} is not supported; only {UNET_CLASS}")
     if config.get("num_class_embeds") or config.get("class_embed_type"):
         raise SourceError(f"{cfg_path}: class-conditional UNets are not supported (unconditional denoisers only)")
+    if config.get("in_channels", 3) != config.get("out_channels", 3):
+        raise SourceError(
+            f"{cfg_path}: out_channels {config.get('out_channels', 3)} != in_channels {config.get('in_channels', 3)} "
+            "(learned-variance models are not supported)"
+        )
     safe = unet_dir / "diffusion_pytorch_model.safetensors"
     pickle = unet_dir / "diffusion_pytorch_model.bin"
-    if not safe.is_file():
-        if not pickle.is_file():
-            raise SourceError(f"{unet_dir} has no diffusion_pytorch_model.safetensors")
-        if not allow_pickle:
-            raise SourceError(
-                f"{pickle} is a pickle checkpoint, which can run code when loaded; save it as safetensors, "
-                "or pass --allow-pickle to load it with torch.load(weights_only=True)"
-            )
+    if safe.is_file():
+        return config, safe
+    if not pickle.is_file():
+        raise SourceError(f"{unet_dir} has no diffusion_pytorch_model.safetensors")
+    if not allow_pickle:
+        raise SourceError(
+            f"{pickle} is a pickle checkpoint, which can run code when loaded; save it as safetensors, "
+            "or pass --allow-pickle to load it with torch.load(weights_only=True)"
+        )
+    return config, pickle
+
+
+def load_unet(unet_dir: Path, allow_pickle: bool) -> torch.nn.Module:
+    """The UNet2DModel of a local folder in eval mode; SourceError on any mismatch."""
+    _, weights = read_unet_config(unet_dir, allow_pickle)
+    safe = weights.suffix == ".safetensors"
     UNet2DModel = _import_unet_class()
     from diffusers.utils import logging as dlogging
 
@@ -158,7 +174,7 @@ def load_unet(unet_dir: Path, allow_pickle: bool) -> tuple[torch.nn.Module, dict
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             model, info = UNet2DModel.from_pretrained(
-                str(unet_dir), use_safetensors=safe.is_file(), local_files_only=True,
+                str(unet_dir), use_safetensors=safe, local_files_only=True,
                 output_loading_info=True,
             )
     except Exception as e:  # noqa: BLE001 - diffusers raises many types for a bad folder
@@ -174,12 +190,7 @@ def load_unet(unet_dir: Path, allow_pickle: bool) -> tuple[torch.nn.Module, dict
                 if keys]
     if problems:
         raise SourceError(f"weights in {unet_dir} do not match its config ({'; '.join(problems)})")
-    if model.config.in_channels != model.config.out_channels:
-        raise SourceError(
-            f"{cfg_path}: out_channels {model.config.out_channels} != in_channels {model.config.in_channels} "
-            "(learned-variance models are not supported)"
-        )
-    return model.float().eval(), dict(model.config)
+    return model.float().eval()
 
 
 def _wrap(unet: torch.nn.Module) -> torch.nn.Module:
@@ -200,13 +211,15 @@ def _wrap(unet: torch.nn.Module) -> torch.nn.Module:
     return DiffusersDenoiser(unet).eval()
 
 
-def load(path: Path, layout: str, flags: ScheduleFlags | None, allow_pickle: bool) -> ExportSource:
-    """An ExportSource from a diffusers pipeline or bare UNet folder."""
+def diffusers_source(path: Path, layout: str, flags: ScheduleFlags | None = None,
+                     allow_pickle: bool = False) -> ModelSource:
+    """A ModelSource from a diffusers pipeline or bare UNet folder (flags: for a bare UNet only)."""
+    path = Path(path).resolve()
     unet_dir = path / "unet" if layout == "pipeline" else path
-    unet, config = load_unet(unet_dir, allow_pickle)
-    size = config["sample_size"]
+    config, weights = read_unet_config(unet_dir, allow_pickle)
+    size = config.get("sample_size", 32)
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    shape = (int(config["in_channels"]), h, w)
+    shape = (int(config.get("in_channels", 3)), h, w)
     sched = path / "scheduler" / "scheduler_config.json"
     notes: list[str] = []
     if layout == "pipeline" and sched.is_file():
@@ -221,5 +234,9 @@ def load(path: Path, layout: str, flags: ScheduleFlags | None, allow_pickle: boo
         spec = flags.diffusion_spec(shape)
         if spec.sample_shape[0] != shape[0]:
             raise SourceError(f"--sample-shape {spec.sample_shape} does not match the UNet's in_channels {shape[0]}")
+    files = {"unet_config": file_sha256(unet_dir / "config.json"), "weights": file_sha256(weights)}
+    key = content_key({"kind": "diffusers", "spec": spec.to_dict(), **files})
     info = {"diffusers_class": UNET_CLASS, "unet_config": {k: v for k, v in config.items() if not k.startswith("_")}}
-    return ExportSource(_wrap(unet), spec, "diffusers", str(path.resolve()), notes, info)
+    return ModelSource(SourceKind.DIFFUSERS, str(path), spec, key,
+                       load_module=lambda: _wrap(load_unet(unet_dir, allow_pickle)),
+                       notes=tuple(notes), info=info)

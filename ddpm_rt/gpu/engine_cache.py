@@ -17,30 +17,21 @@ Pure Python (no torch, no tensorrt): everything here is unit-tested on any machi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.fsutil import atomic_write_bytes, atomic_write_text
+from ddpm_rt.fsutil import atomic_write_bytes, atomic_write_text, file_lock, file_sha256
 
 CACHE_FORMAT = 1
 ENGINES_DIR = "engines"
 LogFn = Callable[[str], None]
-
-
-def default_cache_dir() -> Path:
-    """The ddpm-rt cache root: $DDPM_RT_CACHE, else ~/.cache/ddpm-rt (bundles live in its bundles/)."""
-    from ddpm_rt.exporter.cache import CACHE_ENV
-
-    root = os.environ.get(CACHE_ENV)
-    return Path(root) if root else Path.home() / ".cache" / "ddpm-rt"
 
 
 def _digest(obj: Any, n: int = 20) -> str:
@@ -97,35 +88,8 @@ def timing_cache_name(trt_version: str, gpu_name: str, compute_capability: str) 
     return f"timing-{_digest([trt_version, gpu_name, compute_capability], 16)}.cache"
 
 
-@contextlib.contextmanager
-def file_lock(path: Path, log: LogFn | None = None, what: str = "") -> Iterator[None]:
-    """Hold an exclusive fcntl.flock on `path` (created if missing) for the `with` body."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if log is not None:
-                log(f"waiting for another process {what or 'holding ' + str(path)}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -185,7 +149,7 @@ class EngineCache:
             return None, f"engine {key}: recorded key {recorded.get('key')!r} does not match its metadata"
         if not plan.exists():
             return None, f"engine {key}: metadata without plan file"
-        if _sha256_path(plan) != recorded.get("plan_sha256"):
+        if file_sha256(plan) != recorded.get("plan_sha256"):
             return None, f"engine {key}: plan file does not match its recorded sha256 (edited or truncated)"
         return CachedEngine(plan, meta, built=False), None
 

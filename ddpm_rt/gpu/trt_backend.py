@@ -16,15 +16,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ddpm_rt.bundle.contract import CONTRACT, GraphContract
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
-from ddpm_rt.exporter.contract import CONTRACT, GraphContract
+from ddpm_rt.gpu.device_backend import DeviceLoopBackend
 from ddpm_rt.runtime.backend import BackendOptions
-from ddpm_rt.runtime.device_backend import DeviceLoopBackend
 
 if TYPE_CHECKING:
     import torch
 
-    from ddpm_rt.source import ModelSource
+    from ddpm_rt.bundle.load import Bundle
+
 
 
 class TrtEngine:
@@ -113,14 +114,14 @@ class TrtBackend(DeviceLoopBackend):
         return tensorrt_missing_reason()
 
     @classmethod
-    def open(cls, source: ModelSource, batch: int, options: BackendOptions) -> TrtBackend:
+    def open(cls, bundle: Bundle, batch: int, options: BackendOptions) -> TrtBackend:
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)
-        from ddpm_rt.exporter.trt_build import DEFAULT_OPT_LEVEL, BuildConfig, ensure_engine
+        from ddpm_rt.gpu.trt_build import DEFAULT_OPT_LEVEL, BuildConfig, ensure_engine
 
         cache_dir = Path(options.cache_dir) if options.cache_dir else None
-        bundle_dir = source.bundle_dir(cache_dir)
+        bundle_dir = bundle.directory if bundle.hash_checked else bundle.onnx_path
         cfg = BuildConfig(
             precision=options.precision,
             min_batch=1,

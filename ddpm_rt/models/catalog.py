@@ -1,45 +1,23 @@
 """The built-in model table: one reference denoiser per seed system, with its diffusion
-contract, constructor config, training data and (for shipped ones) trained weights in assets/."""
+contract, constructor config, training data and (for shipped ones) trained weights and a
+ready bundle in assets/. Plain data: importing it imports no torch (`build` does)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING
 
 from ddpm_rt.errors import SourceError
 from ddpm_rt.schedule import ScheduleSpec
 from ddpm_rt.spec import DiffusionSpec
 
+if TYPE_CHECKING:
+    import torch
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-
-
-def _unet(**kw: Any) -> torch.nn.Module:
-    from ddpm_rt.models.unet import UNet
-
-    return UNet(**kw)
-
-
-def _mlp(**kw: Any) -> torch.nn.Module:
-    from ddpm_rt.models.mlp import ConditionalMLP
-
-    return ConditionalMLP(**kw)
-
-
-def _interp(**kw: Any) -> torch.nn.Module:
-    from ddpm_rt.models.interp_unet import InterpUNet
-
-    return InterpUNet(**kw)
-
-
-def _vit(**kw: Any) -> torch.nn.Module:
-    from ddpm_rt.models.patch_vit import PatchViT
-
-    return PatchViT(**kw)
+WEIGHTS_FILE, CONFIG_FILE, BUNDLE_DIR = "model.safetensors", "config.json", "bundle"
 
 
 @dataclass(frozen=True)
@@ -51,12 +29,13 @@ class BuiltinModel:
     spec: DiffusionSpec
     config: dict
     dataset: str  # "digits16" | "swissroll"
-    factory: Callable[..., torch.nn.Module] = field(repr=False, compare=False, default=_unet)
+    factory: str = "ddpm_rt.models.unet:UNet"  # "module:class", imported (with torch) only by build()
     train_defaults: dict = field(default_factory=dict)  # steps, batch_size, lr for `ddpm-rt train`
 
     def build(self, config: dict | None = None) -> torch.nn.Module:
         """An untrained module (this model's config, overridden by `config`)."""
-        return self.factory(**{**self.config, **(config or {})})
+        module, _, cls = self.factory.partition(":")
+        return getattr(importlib.import_module(module), cls)(**{**self.config, **(config or {})})
 
 
 BUILTIN: dict[str, BuiltinModel] = {
@@ -75,7 +54,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             config={"in_channels": 1, "base_channels": 32, "channel_mult": [1, 2, 2],
                     "num_res_blocks": 1, "attn_levels": [1], "heads": 1},
             dataset="digits16",
-            factory=_unet,
+            factory="ddpm_rt.models.unet:UNet",
             train_defaults={"steps": 2000, "batch_size": 64, "lr": 2e-3},
         ),
         BuiltinModel(
@@ -91,7 +70,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             ),
             config={"dim": 2, "hidden": 128, "layers": 4},
             dataset="swissroll",
-            factory=_mlp,
+            factory="ddpm_rt.models.mlp:ConditionalMLP",
             train_defaults={"steps": 20000, "batch_size": 256, "lr": 2e-3},
         ),
         BuiltinModel(
@@ -106,7 +85,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             config={"in_channels": 1, "channels": 48, "t_dim": 192, "bottleneck": 128,
                     "image_size": 16, "num_steps": 16},
             dataset="digits16",
-            factory=_interp,
+            factory="ddpm_rt.models.interp_unet:InterpUNet",
             train_defaults={"steps": 2500, "batch_size": 64, "lr": 8e-4},
         ),
         BuiltinModel(
@@ -122,7 +101,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             config={"in_channels": 1, "image_size": 16, "patch": 4, "dim": 128, "depth": 6, "heads": 4,
                     "cond": "log", "level_scale": 100.0, "adaln": True},
             dataset="digits16",
-            factory=_vit,
+            factory="ddpm_rt.models.patch_vit:PatchViT",
             train_defaults={"steps": 4000, "batch_size": 64, "lr": 1e-3},
         ),
     )
@@ -145,22 +124,10 @@ def shipped_dir(name: str) -> Path:
 
 def has_shipped_weights(name: str) -> bool:
     d = shipped_dir(name)
-    return name in BUILTIN and (d / "model.safetensors").is_file() and (d / "config.json").is_file()
+    return name in BUILTIN and (d / WEIGHTS_FILE).is_file() and (d / CONFIG_FILE).is_file()
 
 
-def load_shipped(name: str) -> torch.nn.Module:
-    """The built-in `name` with its shipped trained weights, in eval mode."""
-    model = get_builtin(name)
-    if not has_shipped_weights(name):
-        shipped = [n for n in BUILTIN if has_shipped_weights(n)]
-        raise SourceError(
-            f"no shipped weights for {name!r}; models with weights: {', '.join(shipped) or 'none'} "
-            f"(or train one with `ddpm-rt train {name}`)"
-        )
-    from ddpm_rt.train.checkpoint import load_weights
-
-    d = shipped_dir(name)
-    cfg = json.loads((d / "config.json").read_text())
-    module = model.build(cfg.get("model_config"))
-    load_weights(module, d / "model.safetensors")
-    return module.eval()
+def shipped_bundle(name: str) -> Path | None:
+    """The ready bundle shipped for `name` (generated by `ddpm-rt export`), if any."""
+    d = shipped_dir(name) / BUNDLE_DIR
+    return d if name in BUILTIN and (d / "ddpm_rt.json").is_file() else None

@@ -6,13 +6,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ddpm_rt.errors import BackendUnavailable
 from ddpm_rt.runtime.backend import Backend, BackendOptions
 
 if TYPE_CHECKING:
     import torch
-
-    from ddpm_rt.source import ModelSource
 
 
 class TorchBackend(Backend):
@@ -20,6 +17,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     device = "cpu"
+    artifact = "module"
 
     def __init__(self, module: torch.nn.Module, threads: int | None = None) -> None:
         import torch
@@ -28,15 +26,19 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self._torch = torch
         self.module = module.eval()
+        self.info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
     @classmethod
-    def open(cls, source: ModelSource, batch: int, options: BackendOptions) -> TorchBackend:
-        if source.load_module is None:
-            raise BackendUnavailable(
-                f"source {source.name!r} has no PyTorch module (an ONNX-only bundle); "
-                "use --backend ort, or export from a built-in name or checkpoint"
-            )
-        return cls(source.load_module(), options.threads)
+    def unavailable_reason(cls) -> str | None:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed: pip install 'ddpm-rt[torch]'"
+        return None
+
+    @classmethod
+    def open(cls, module: torch.nn.Module, batch: int, options: BackendOptions) -> TorchBackend:
+        return cls(module, options.threads)
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -13,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ddpm_rt.errors import BundleError
+
 MIN_OPSET = 17
+# element type names as ONNX Runtime reports them -> the contract's dtype names
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bfloat16)": "bfloat16"}
+# A graph tensor as any runtime describes it: (dtype name, shape with ints for fixed dims
+# and anything else -- a name, None, -1 -- for dynamic ones).
+TensorIO = tuple[str, list[Any]]
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,37 @@ class GraphContract:
 
 
 CONTRACT = GraphContract()
+
+
+def _fixed(d: Any) -> int | None:
+    return d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None
+
+
+def check_io(inputs: dict[str, TensorIO], outputs: dict[str, TensorIO], sample_shape: tuple[int, ...],
+             where: str, contract: GraphContract = CONTRACT) -> int | None:
+    """Check a graph's I/O against the contract; return its fixed batch (None = dynamic, as it should be).
+
+    Runtime-agnostic: ONNX Runtime, OpenVINO and the exporter describe their graphs as
+    {name: (dtype, shape)} and all share this one check. Each failure names the fix.
+    """
+    want_in, want_out = set(contract.input_names), list(contract.output_names)
+    if set(inputs) != want_in or list(outputs) != want_out:
+        raise BundleError(
+            f"{where}: the graph has inputs {sorted(inputs)} and outputs {list(outputs)}; the ddpm-rt "
+            f"contract is inputs {sorted(want_in)} and output {want_out} (re-export it with `ddpm-rt export`)"
+        )
+    shapes = contract.symbolic_shapes(sample_shape)
+    batches: set[int | None] = set()
+    for name, (dtype, shape) in {**inputs, **outputs}.items():
+        if dtype != contract.dtype:
+            raise BundleError(f"{where}: graph tensor {name!r} is {dtype}, the contract says {contract.dtype}")
+        want = shapes[name]
+        if len(shape) != len(want) or [_fixed(d) for d in shape[1:]] != list(want[1:]):
+            raise BundleError(
+                f"{where}: graph tensor {name!r} has shape {list(shape)} but the manifest's sample shape "
+                f"{list(sample_shape)} needs {want}; the manifest and graph are inconsistent, re-export"
+            )
+        batches.add(_fixed(shape[0]))
+    if len(batches) != 1:
+        raise BundleError(f"{where}: x, t and out disagree on the batch dimension; re-export the bundle")
+    return batches.pop()

@@ -5,30 +5,49 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ddpm_rt.exporter.bundle import graph_io, load_bundle
+from ddpm_rt.bundle.contract import ORT_DTYPES
+from ddpm_rt.bundle.load import Bundle, load_bundle
 
 
-def describe(path: Path) -> dict[str, Any]:
-    """Everything `ddpm-rt inspect` prints, as plain JSON-able data."""
-    import onnx
+def _io_and_stats(bundle: Bundle) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Graph I/O and size figures: from the onnx package when installed, else from ONNX Runtime."""
+    graph = dict(bundle.manifest.get("graph") or {})
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        from ddpm_rt.bundle.onnx_graph import graph_io, macs_per_sample, parameter_count
 
-    from ddpm_rt.exporter.onnx_export import macs_per_sample, parameter_count
+        model = onnx.load(str(bundle.onnx_path))
+        if "onnx_parameters" not in graph:
+            graph["onnx_parameters"] = parameter_count(model)
+        if graph.get("macs_per_sample") is None:
+            graph["macs_per_sample"] = macs_per_sample(model)
+        return graph_io(model), graph
+    import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 4
+    sess = ort.InferenceSession(str(bundle.onnx_path), so, providers=["CPUExecutionProvider"])
+    io = {v.name: {"kind": kind, "dtype": ORT_DTYPES.get(v.type, v.type), "shape": list(v.shape)}
+          for kind, vs in (("input", sess.get_inputs()), ("output", sess.get_outputs())) for v in vs}
+    return io, graph
+
+
+def describe(path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `ddpm-rt inspect` prints, as plain JSON-able data (`extra` adds sections)."""
     bundle = load_bundle(path)
-    model = onnx.load(str(bundle.onnx_path))
+    io, graph = _io_and_stats(bundle)
     m = bundle.manifest
-    graph = dict(m.get("graph") or {})
-    if "onnx_parameters" not in graph:
-        graph["onnx_parameters"] = parameter_count(model)
-    if graph.get("macs_per_sample") is None:
-        graph["macs_per_sample"] = macs_per_sample(model)
     spec = m["spec"]
     return {
         "path": str(bundle.onnx_path),
         "hash_checked": bundle.hash_checked,
         "format_version": m["format_version"],
         "source": m.get("source"),
-        "precision": m.get("precision", "fp32"),
+        "precision": bundle.precision,
         "opset": m.get("opset"),
         "exporter": m.get("exporter"),
         "versions": m.get("versions"),
@@ -39,9 +58,10 @@ def describe(path: Path) -> dict[str, Any]:
         "data_range": spec.get("data_range"),
         "clip": spec.get("clip"),
         "sampler_defaults": spec.get("sampler_defaults"),
-        "io": graph_io(model),
+        "io": io,
         "graph": {**graph, "file_bytes": bundle.onnx_path.stat().st_size},
         "parity": m.get("parity"),
+        **(extra or {}),
     }
 
 

@@ -2,14 +2,12 @@
 
 The same JSON, minus `onnx_sha256` (a file cannot contain its own hash), is stored in
 the ONNX `metadata_props` under the key `ddpm_rt`, so a bare .onnx is self-describing.
+Plain data: the runtime reads it, the exporter writes it, neither needs the other.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
-from pathlib import Path
 from typing import Any
 
 FORMAT = "ddpm-rt-bundle"
@@ -22,32 +20,6 @@ SOURCE_KINDS = ("builtin", "checkpoint", "diffusers", "module")
 PRECISIONS = ("fp32", "fp16")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def versions() -> dict[str, str]:
-    """Versions of the tools that produced (or read) a bundle."""
-    import onnx
-    import onnxruntime
-    import torch
-
-    import ddpm_rt
-
-    return {
-        "ddpm_rt": getattr(ddpm_rt, "__version__", "unknown"),
-        "exporter": EXPORTER_VERSION,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def build_manifest(
     *,
     source: dict[str, str],
@@ -58,6 +30,7 @@ def build_manifest(
     graph: dict[str, Any],
     parity: dict[str, Any] | None,
     exporter: str,
+    versions: dict[str, str],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest without its hash (add it with `with_hash` once the .onnx is final)."""
@@ -75,7 +48,7 @@ def build_manifest(
         "graph": graph,  # parameter count, MACs per sample, ...
         "parity": parity,  # None when exported with --no-verify
         "exporter": exporter,  # "torchscript" | "dynamo"
-        "versions": versions(),
+        "versions": dict(versions),
         **(extra or {}),
     }
 

@@ -21,19 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ddpm_rt.bundle.contract import CONTRACT, GraphContract
 from ddpm_rt.doctor import require_tensorrt
 from ddpm_rt.errors import BundleError, ConfigError
-from ddpm_rt.exporter.contract import CONTRACT, GraphContract
-from ddpm_rt.exporter.engine_cache import (
+from ddpm_rt.fsutil import atomic_write_bytes, cache_root
+from ddpm_rt.gpu.engine_cache import (
     CachedEngine,
     EngineCache,
     EngineMeta,
     LogFn,
-    default_cache_dir,
     file_lock,
     timing_cache_name,
 )
-from ddpm_rt.fsutil import atomic_write_bytes
 
 OPT_LEVELS = range(0, 6)  # TensorRT builder_optimization_level: 0 fastest build .. 5 most search
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default
@@ -271,13 +270,11 @@ class BundleFacts:
 
 def bundle_facts(bundle_dir: Path) -> BundleFacts:
     """Load and verify a bundle (format, hash) and return its ONNX path, hash and sample shape."""
-    from ddpm_rt.exporter.bundle import load_bundle
-    from ddpm_rt.exporter.manifest import sha256_file
+    from ddpm_rt.bundle.load import load_bundle
 
     bundle = load_bundle(Path(bundle_dir))
-    onnx_path = Path(bundle.onnx_path)
-    # hashed here too: a bare .onnx carries no hash of its own, and the key must name the content
-    return BundleFacts(Path(bundle.directory), onnx_path, sha256_file(onnx_path), tuple(bundle.spec.sample_shape))
+    return BundleFacts(Path(bundle.directory), Path(bundle.onnx_path), bundle.onnx_sha256,
+                       tuple(bundle.spec.sample_shape))
 
 
 def engine_cache_for(facts: BundleFacts, cache_dir: Path | None) -> EngineCache:
@@ -289,7 +286,7 @@ def engine_cache_for(facts: BundleFacts, cache_dir: Path | None) -> EngineCache:
 
 def timing_cache_path(env: TrtEnvironment, cache_dir: Path | None) -> Path:
     """The timing cache shared by every build for this TensorRT version and GPU."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     return root / "trt" / timing_cache_name(env.trt_version, env.gpu_name, env.compute_capability)
 
 

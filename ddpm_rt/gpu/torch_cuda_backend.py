@@ -12,21 +12,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ddpm_rt.errors import BackendUnavailable
+from ddpm_rt.gpu.device_backend import DeviceLoopBackend
 from ddpm_rt.runtime.backend import BackendOptions
-from ddpm_rt.runtime.device_backend import DeviceLoopBackend
 
 if TYPE_CHECKING:
     import torch
 
     from ddpm_rt.runtime.device_loop import DeviceLoop
-    from ddpm_rt.source import ModelSource
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """None for fp32, else the autocast dtype (ConfigError for an unknown name)."""
     import torch
 
-    from ddpm_rt.exporter.trt_build import Precision
+    from ddpm_rt.gpu.trt_build import Precision
 
     p = Precision.parse(precision)
     return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[p]
@@ -37,6 +36,7 @@ class TorchCudaBackend(DeviceLoopBackend):
 
     name = "torch-cuda"
     device = "cuda"
+    artifact = "module"
 
     def __init__(
         self,
@@ -63,16 +63,11 @@ class TorchCudaBackend(DeviceLoopBackend):
         return cuda_missing_reason()
 
     @classmethod
-    def open(cls, source: ModelSource, batch: int, options: BackendOptions) -> TorchCudaBackend:
+    def open(cls, module: torch.nn.Module, batch: int, options: BackendOptions) -> TorchCudaBackend:
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)
-        if source.load_module is None:
-            raise BackendUnavailable(
-                f"source {source.name!r} has no PyTorch module (an ONNX-only bundle); "
-                "use --backend trt or ort-cuda, or export from a built-in name or checkpoint"
-            )
-        return cls(source.load_module(), precision=options.precision, cuda_graph=options.cuda_graph)
+        return cls(module, precision=options.precision, cuda_graph=options.cuda_graph)
 
     def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
         torch = self._torch

@@ -1,7 +1,7 @@
 """Shared shell of the device backends (torch-cuda, trt): a denoiser slot driven by `DeviceLoop`.
 
 Subclasses provide `_denoise(x, t, out)` on device tensors and set `self.loop`;
-this class supplies the host call (for parity checks) and the whole-loop `sample`.
+this class supplies the host call (for parity checks) and the whole-loop `_run`.
 Written against torch's CUDA API; not run in this project's CI (no GPU).
 """
 
@@ -40,15 +40,10 @@ class DeviceLoopBackend(Backend):
             torch.cuda.current_stream().synchronize()
             return out.cpu().numpy()
 
-    def sample(
-        self,
-        plan: SamplingPlan,
-        x_init: np.ndarray,
-        *,
-        noise: np.ndarray | None = None,
-        rng: np.random.Generator | None = None,
-        progress: ProgressFn | None = None,
-    ) -> np.ndarray:
+    def _run(self, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray | None,
+             rng: np.random.Generator | None, progress: ProgressFn | None,
+             allow_nonfinite: bool) -> np.ndarray:
+        # the whole loop on the device (one CUDA graph): only the final sample is checked for NaN/inf
         return self.loop.sample(plan, x_init, noise=noise, rng=rng, progress=progress)
 
     def close(self) -> None:

@@ -1,0 +1,142 @@
+"""Reading a bundle: `denoiser.onnx` + `ddpm_rt.json`, or a bare .onnx whose metadata holds the manifest.
+
+`load_bundle` checks, in order: the files exist, the manifest is ours and of a version we
+read, the ONNX file is the one the manifest hashed, and the spec is valid. It needs neither
+torch nor the `onnx` package: the graph's own inputs and outputs are checked against the
+contract by the runtime that opens it (`bundle.contract.check_io`), where a session exists
+anyway. Each failure names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ddpm_rt.bundle.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, METADATA_KEY, ONNX_FILE
+from ddpm_rt.errors import BundleError
+from ddpm_rt.fsutil import file_sha256
+from ddpm_rt.spec import DiffusionSpec
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A checked bundle. `onnx_path` is the graph to load (it need not be named denoiser.onnx)."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    spec: DiffusionSpec
+    onnx_path: Path
+    hash_checked: bool = True  # False for a bare .onnx (a file cannot hold its own hash)
+
+    @property
+    def onnx_sha256(self) -> str:
+        """The graph's content hash (from the manifest when it was checked, else computed)."""
+        return self.manifest.get("onnx_sha256") or file_sha256(self.onnx_path)
+
+    @property
+    def precision(self) -> str:
+        return str(self.manifest.get("precision", "fp32"))
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch a graph exported with a static batch accepts (None: any batch)."""
+        value = self.manifest.get("fixed_batch")
+        return None if value is None else int(value)
+
+
+def parse_manifest(text: str, where: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{where} is not valid JSON ({e}); re-export the bundle with `ddpm-rt export`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{where} is not a ddpm-rt bundle manifest (format != {FORMAT!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{where} has no valid format_version; re-export the bundle with `ddpm-rt export`")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{where} has bundle format version {version}, newer than this ddpm-rt reads ({FORMAT_VERSION}); "
+            "upgrade ddpm-rt (pip install -U ddpm-rt)"
+        )
+    if version < FORMAT_VERSION:
+        raise BundleError(
+            f"{where} has bundle format version {version}, older than this ddpm-rt reads ({FORMAT_VERSION}); "
+            "re-export it with `ddpm-rt export`"
+        )
+    return manifest
+
+
+def _embedded_manifest(onnx_path: Path) -> str | None:
+    """The manifest JSON stored in a .onnx file's metadata_props (via onnx if present, else ORT)."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        try:
+            model = onnx.load(str(onnx_path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf decode errors
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BundleError(f"{onnx_path} is not a readable ONNX file: {first}") from None
+        return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises untyped errors
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BundleError(f"{onnx_path} is not a readable ONNX file: {first}") from None
+    return session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load and check a bundle directory or a self-describing .onnx file."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle {path} not found")
+    if path.is_file() and path.name == ONNX_FILE and (path.parent / MANIFEST_FILE).is_file():
+        path = path.parent  # the graph of a bundle directory: check it with its manifest
+    if path.is_dir():
+        manifest_path = path / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise BundleError(f"{path} has no {MANIFEST_FILE}: not a bundle (create one with `ddpm-rt export`)")
+        try:
+            text = manifest_path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise BundleError(f"cannot read {manifest_path}: {e}; re-export the bundle") from None
+        manifest = parse_manifest(text, str(manifest_path))
+        onnx_path = path / str(manifest.get("onnx_file", ONNX_FILE))
+        if not onnx_path.is_file():
+            raise BundleError(f"{path} is missing its graph {onnx_path.name}; re-export the bundle")
+        want = manifest.get("onnx_sha256")
+        if not want:
+            raise BundleError(f"{manifest_path} lacks onnx_sha256; re-export the bundle")
+        got = file_sha256(onnx_path)
+        if got != want:
+            raise BundleError(
+                f"{onnx_path} was modified after export (sha256 {got[:12]}… != manifest {want[:12]}…); "
+                "re-export the bundle"
+            )
+        directory, hash_checked = path, True
+    elif path.suffix == ".onnx":
+        onnx_path, directory, hash_checked = path, path.parent, False
+        text = _embedded_manifest(onnx_path)
+        if text is None:
+            raise BundleError(
+                f"{onnx_path} has no ddpm-rt manifest in its metadata (key {METADATA_KEY!r}); "
+                "export it with `ddpm-rt export`"
+            )
+        manifest = parse_manifest(text, f"{onnx_path} metadata")
+    else:
+        raise BundleError(f"{path} is neither a bundle directory nor an .onnx file")
+    try:
+        spec = DiffusionSpec.from_dict(manifest["spec"])
+    except Exception as e:  # noqa: BLE001 - KeyError / ConfigError alike
+        raise BundleError(f"the manifest of {path} has an invalid diffusion spec: {e}") from None
+    return Bundle(directory, manifest, spec, onnx_path, hash_checked)

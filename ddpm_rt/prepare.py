@@ -1,0 +1,131 @@
+"""From a model source to an open backend: the one explicit preparation step of the command layer.
+
+    ModelSource ──bundle_for──▶ Bundle     (its own / shipped, else exported once into the cache)
+                └─module_for──▶ nn.Module  (torch backends only)
+    choose_backend("auto") ──▶ the fastest backend that can run here *and has proven itself*
+    open_for ──▶ Backend.open(artifact, batch, options)
+
+Sampling a bundle with a CPU runtime touches neither torch nor the exporter: both are
+imported only when a source has no ready bundle or a torch backend is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ddpm_rt.bundle.load import Bundle, load_bundle
+from ddpm_rt.errors import BackendUnavailable
+from ddpm_rt.fsutil import LogFn
+from ddpm_rt.runtime.backend import (
+    REGISTRY,
+    Backend,
+    BackendOptions,
+    available_backends,
+    check_backend,
+    open_backend,
+)
+from ddpm_rt.sources.source import ModelSource
+
+if TYPE_CHECKING:
+    import torch
+
+
+def bundle_for(source: ModelSource, cache_dir: Path | None = None, log: LogFn | None = None) -> Bundle:
+    """The source's bundle: its own (or a built-in's shipped one), else exported once into the cache."""
+    if source.bundle is not None:
+        return load_bundle(source.bundle)
+    try:
+        from ddpm_rt.exporter.cache import cached_bundle
+    except ImportError as e:  # torch / onnx missing: say which extra brings them
+        raise BackendUnavailable(
+            f"{source.label} has no ready bundle and exporting one needs the export extra ({e.name} is "
+            "missing): pip install 'ddpm-rt[torch]', or sample a bundle made by `ddpm-rt export`"
+        ) from None
+    return cached_bundle(source, cache_dir, log)
+
+
+def module_for(source: ModelSource) -> torch.nn.Module:
+    """The source's PyTorch module (torch backends)."""
+    if source.load_module is None:
+        raise BackendUnavailable(
+            f"{source.label} has no PyTorch module (an ONNX-only bundle); use --backend ort, or sample "
+            "its original source (built-in name, checkpoint or diffusers folder)"
+        )
+    try:
+        return source.load_module()
+    except ImportError as e:
+        raise BackendUnavailable(f"loading {source.label} needs {e.name}: pip install 'ddpm-rt[torch]'") from None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend to open and why (shown by `sample`)."""
+
+    name: str
+    reason: str
+
+
+def _runnable(name: str, source: ModelSource) -> bool:
+    """Whether `name` can get its artifact for this source without failing."""
+    if REGISTRY[name].artifact == "module":
+        return source.load_module is not None
+    return source.bundle is not None or source.load_module is not None
+
+
+def _gpu_verdict(name: str, source: ModelSource, cache_dir: Path | None, log: LogFn | None) -> dict[str, Any]:
+    """The cached first-use parity verdict of GPU backend `name`, probing it now if there is none."""
+    from ddpm_rt.gpu import probe
+
+    verdict = probe.proven(name)
+    if verdict is not None:
+        return verdict
+    if log is not None:
+        log(f"{name}: first use on this machine, checking it against ONNX Runtime on the CPU")
+    plan = source.spec.plan(source.spec.sampler(probe.PROBE_STEPS, sampler="ddim")) \
+        if source.spec.schedule.family == "vp" else source.spec.plan(source.spec.sampler())
+    bundle = bundle_for(source, cache_dir, log)
+    return probe.run_probe(
+        name, lambda b: open_backend(name, artifact_for(name, source, cache_dir, log), b),
+        lambda b: open_backend("ort", bundle, b), plan, source.spec.sample_shape)
+
+
+def choose_backend(name: str, source: ModelSource, cache_dir: Path | None = None,
+                   log: LogFn | None = None) -> Choice:
+    """An explicit name is checked and kept; `auto` takes the highest-ranked usable backend that
+    can run this source, skipping GPU backends that have not passed their first-use parity probe
+    on this machine (`ddpm_rt.gpu.probe`)."""
+    if name != "auto":
+        return Choice(check_backend(name), "asked for")
+    skipped: list[str] = []
+    for candidate in available_backends():
+        if not _runnable(candidate, source):
+            continue
+        if REGISTRY[candidate].gpu:
+            verdict = _gpu_verdict(candidate, source, cache_dir, log)
+            if not verdict.get("ok"):
+                failure = verdict.get("error") or f"rel. error {verdict.get('rel_rms', 0.0):.2g}"
+                skipped.append(f"{candidate} (failed its first-use parity probe here: {failure})")
+                continue
+        why = "fastest usable backend"
+        if skipped:
+            why += "; skipped " + ", ".join(skipped)
+        return Choice(candidate, why)
+    raise BackendUnavailable("no backend can run this model here; see `ddpm-rt doctor`")
+
+
+def artifact_for(name: str, source: ModelSource, cache_dir: Path | None = None,
+                 log: LogFn | None = None) -> Any:
+    """What backend `name` opens on: a Bundle or an nn.Module."""
+    if REGISTRY[name].artifact == "module":
+        return module_for(source)
+    return bundle_for(source, cache_dir, log)
+
+
+def open_for(name: str, source: ModelSource, batch: int, options: BackendOptions | None = None,
+             log: LogFn | None = None) -> Backend:
+    """Open the concrete backend `name` for `source` (artifact prepared here)."""
+    options = options or BackendOptions()
+    cache = Path(options.cache_dir) / "bundles" if options.cache_dir else None
+    return open_backend(name, artifact_for(name, source, cache, log), batch, options)
