@@ -70,13 +70,22 @@ def _root(
     """Make trained diffusion denoisers fast and portable."""
 
 
-def _register() -> None:
+_REGISTERED: set[str] = set()
+
+
+def _register(only: str | None = None) -> None:
+    """Register the commands (just `only` when it names one: a run imports one command module)."""
     for name, module, func in COMMANDS:
-        mod = importlib.import_module(f"ddpm_rt.commands.{module}")
-        app.command(name)(getattr(mod, func))
+        if (only is None or name == only) and name not in _REGISTERED:
+            mod = importlib.import_module(f"ddpm_rt.commands.{module}")
+            app.command(name)(getattr(mod, func))
+            _REGISTERED.add(name)
 
 
-_register()
+def _invoked(argv: list[str]) -> str | None:
+    """The sub-command named on the command line, if it is one of ours (else None: register all)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in {c[0] for c in COMMANDS} else None
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -93,14 +102,16 @@ def main(argv: list[str] | None = None) -> None:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     _install_signal_handlers()
+    args = sys.argv[1:] if argv is None else argv
+    _register(_invoked(args))
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except Interrupted as e:
         name = signal.Signals(e.signum).name
         typer.echo(f"interrupted ({name}){': ' + e.note if e.note else ''}", err=True)
         sys.exit(128 + e.signum)
     except NoArgsIsHelpError as e:
-        e.show()  # bare `ddpm-rt`: the help, and that is not an error
+        typer.echo(e.ctx.get_help() if e.ctx is not None else "")  # bare `ddpm-rt`: help on stdout, exit 0
         sys.exit(0)
     except ClickException as e:
         e.show()  # usage text + "Error: ..." naming the option

@@ -79,6 +79,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], what: str = "output 
     """Call ``write(tmp_path)`` then rename tmp_path to `path` (same directory, so the rename is atomic)."""
     path = Path(path)
     _check_writable_dir(path.parent, what)
+    clean_stale_temps(path.parent, prefix=f".{path.name}.")  # left by an earlier writer that was killed
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=TMP_SUFFIX + path.suffix,
                                dir=path.parent)
     os.close(fd)
@@ -111,6 +112,7 @@ def atomic_directory(path: Path, what: str = "output directory") -> Iterator[Pat
     """
     path = Path(path)
     _check_writable_dir(path.parent, what)
+    clean_stale_temps(path.parent, prefix=f".{path.name}.")
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=TMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
@@ -168,7 +170,7 @@ def _writer_pid(name: str) -> int | None:
     return None
 
 
-def clean_stale_temps(directory: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+def clean_stale_temps(directory: Path, max_age_s: float = STALE_AFTER_S, prefix: str = ".") -> list[Path]:
     """Remove temp files/directories in `directory` left by writers that died (kill -9, power loss).
 
     A temp names its writer's pid: it is removed when that process no longer exists, kept
@@ -182,7 +184,7 @@ def clean_stale_temps(directory: Path, max_age_s: float = STALE_AFTER_S) -> list
         return removed
     now = time.time()
     for entry in entries:
-        if not entry.name.startswith(".") or TMP_SUFFIX not in entry.name:
+        if not entry.name.startswith(prefix) or TMP_SUFFIX not in entry.name:
             continue
         try:
             age = now - entry.lstat().st_mtime
@@ -200,3 +202,16 @@ def clean_stale_temps(directory: Path, max_age_s: float = STALE_AFTER_S) -> list
                 entry.unlink()
         removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the body is done (a multi-file write that must not be cut in two)."""
+    import signal
+
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -26,10 +26,10 @@ MAX_GRID_PIXELS = 200_000_000  # a bigger PNG grid is refused: write .npy instea
 
 def check_output_path(path: Path) -> None:
     """Suffix, not a directory, parent creatable and writable: all before any model work."""
-    if path.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"--out must end in .png or .npy, got {path.name!r}")
     if path.is_dir():
         raise ConfigError(f"--out {path} is a directory; give a file path ending in .png or .npy")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"--out must end in .png or .npy, got {path.name!r}")
     parent = path.parent if str(path.parent) else Path(".")
     probe = parent
     while not probe.exists():  # the nearest existing ancestor decides whether we can create it

@@ -75,7 +75,8 @@ class Backend:
         Raises `NonFiniteError` naming the step where NaN/inf first showed, unless
         `allow_nonfinite`.
         """
-        out = self._run(plan, x_init, noise, rng, progress, allow_nonfinite)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are reported by the guard, by step
+            out = self._run(plan, x_init, noise, rng, progress, allow_nonfinite)
         if not allow_nonfinite:
             check_finite(out, plan.steps, self.name)
         return out

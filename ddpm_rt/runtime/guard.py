@@ -23,7 +23,8 @@ HINT = "the model or its weights produce NaN/inf; pass --allow-nonfinite to writ
 
 def is_finite(a: np.ndarray) -> bool:
     """True when every element of `a` is finite (one reduction, no array-sized temporary)."""
-    return bool(np.isfinite(np.sum(a, dtype=np.float64)))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf = NaN is the answer, not a warning
+        return bool(np.isfinite(np.sum(a, dtype=np.float64)))
 
 
 def check_finite(samples: np.ndarray, steps: int, backend: str) -> None:

@@ -25,6 +25,7 @@ from ddpm_rt.fsutil import (
     atomic_write,
     atomic_write_text,
     cache_root,
+    clean_stale_temps,
     file_lock,
     file_sha256,
     writable_dir,
@@ -146,6 +147,7 @@ def optimized_model(
     if not writable_dir(entry.directory):
         return onnx_path, "uncached"
     with file_lock(entry.directory / f".{entry.key}.lock"):  # one writer per entry
+        clean_stale_temps(entry.directory)
         if not entry.valid():  # another process may have built it while we waited
             build_entry(entry, onnx_path, providers, configure)
             return entry.model_path, "built"

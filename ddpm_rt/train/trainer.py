@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpm_rt.errors import ConfigError
+from ddpm_rt.errors import ConfigError, Interrupted
+from ddpm_rt.fsutil import signals_deferred
 from ddpm_rt.schedule import forward_coefficients, interp_levels
 from ddpm_rt.spec import DiffusionSpec
 from ddpm_rt.train import checkpoint as ck
@@ -208,6 +209,10 @@ def train(
         p.requires_grad_(False)
 
     def save(step: int, wall: float) -> None:
+        with signals_deferred():  # the three files describe one step: a Ctrl-C waits for all of them
+            _save(step, wall)
+
+    def _save(step: int, wall: float) -> None:
         ck.save_tensors(ema.state_dict(), out / ck.MODEL_FILE)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors |= ck.optimizer_tensors(opt)
@@ -262,6 +267,14 @@ def train(
             bar.update(step, cfg.steps, logged)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save(step, wall_before + time.perf_counter() - t0)
+    except Interrupted as e:
+        bar.close()
+        if step > start_step:
+            save(step, wall_before + time.perf_counter() - t0)
+            e.note = f"saved a checkpoint at step {step} in {out}; run the same command to resume from there"
+        else:
+            e.note = f"nothing to save (no step done since {'step ' + str(start_step) if resume else 'the start'})"
+        raise
     finally:
         bar.close()
     wall = wall_before + time.perf_counter() - t0

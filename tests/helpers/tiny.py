@@ -72,3 +72,20 @@ def make_data_dependent() -> nn.Module:
 
 def not_a_module() -> int:
     return 3
+
+
+class NonFinite(nn.Module):
+    """Returns inf once t drops below 20: a broken model whose samples must not be written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scale = torch.where(t < 20, torch.full_like(t, float("inf")), torch.ones_like(t))
+        return self.lin(x) * scale[:, None]
+
+
+def make_nonfinite() -> nn.Module:
+    torch.manual_seed(0)
+    return NonFinite()
