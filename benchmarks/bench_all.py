@@ -1,6 +1,6 @@
 """Regenerate every committed bench result (benchmarks/results/bench_*), one script after another.
 
-    .venv/bin/python benchmarks/bench_all.py [--threads 1]
+    .venv/bin/python -m benchmarks.bench_all [--threads 1]
 
 The settings are the committed ones: 1 thread for every backend (the machine these ran on
 has 2 cores shared with other jobs; see the notes in bench_cifar10.md).

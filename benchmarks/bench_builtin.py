@@ -1,13 +1,13 @@
 """Bench the built-in models (digits U-Net, swiss-roll MLP): eager torch vs ORT, batch 1/4/16.
 
-    .venv/bin/python benchmarks/bench_builtin.py digits swissroll
+    .venv/bin/python -m benchmarks.bench_builtin digits swissroll
 
 Writes benchmarks/results/bench_<name>.{json,md,png}.
 """
 
 from __future__ import annotations
 
-from bench_common import base_args, log, overhead_notes, row, write
+from benchmarks.bench_common import base_args, log, overhead_notes, row, write
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
         if r1:
             notes.append(f"- ORT vs eager at batch 1: {r1['speedup_vs_baseline']:.2f}x end to end, "
                          f"max |diff| of the final samples {r1['max_abs_diff_vs_baseline']:.1e}.")
-        notes.append("- Regenerate: `.venv/bin/python benchmarks/bench_builtin.py " + name + "`.")
+        notes.append("- Regenerate: `.venv/bin/python -m benchmarks.bench_builtin " + name + "`.")
         write(f"bench_{name}", result, f"ddpm-rt bench: built-in `{name}`", notes, args.out)
 
 

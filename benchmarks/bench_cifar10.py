@@ -1,7 +1,7 @@
 """Bench the DDPM CIFAR-10 U-Net (diffusers UNet2DModel, 35.7M params), 50 DDIM steps:
 eager torch vs ORT at batch 1/4/16, and diffusers' DDIMPipeline (eager) at batch 1.
 
-    .venv/bin/python benchmarks/bench_cifar10.py
+    .venv/bin/python -m benchmarks.bench_cifar10
 
 Batch 1 carries the targets (warm-up/repeat from the flags); batches 4 and 16 use
 --sweep-warmup/--sweep-repeat because one 50-step run at batch 16 takes minutes on 2 cores.
@@ -12,7 +12,7 @@ under ~/.cache/ddpm-rt/bench-work: seeded random weights, then 300 brief trainin
 
 from __future__ import annotations
 
-from bench_common import base_args, log, merge, overhead_notes, row, write
+from benchmarks.bench_common import base_args, log, merge, overhead_notes, row, write
 
 
 def _met(ok: bool) -> str:
@@ -126,10 +126,10 @@ def main() -> None:
                    help="brief training steps before benching (0 = random weights); see cifar10_brief_training.py")
     args = p.parse_args()
 
-    from bench_cifar10_model import UNET_CONFIG, cifar10_source
     from flop_ceiling import ceiling, conv_macs
     from flop_ceiling import notes as ceiling_notes
 
+    from benchmarks.bench_cifar10_model import UNET_CONFIG, cifar10_source
     from ddpm_rt.bench.pipeline import run_pipeline_suite
     from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite, thread_probe
     from ddpm_rt.bundle.load import load_bundle
@@ -216,7 +216,7 @@ def main() -> None:
         "- images/s at batch 1, 4, 16: table above and the plot.",
         "",
         "- Loop overhead per backend and batch:", *overhead_notes(result),
-        "- Regenerate: `.venv/bin/python benchmarks/bench_cifar10.py` (add `--threads N` to pin threads).",
+        "- Regenerate: `.venv/bin/python -m benchmarks.bench_cifar10` (add `--threads N` to pin threads).",
         *investigation_notes(result["ort_investigation"]),
         *probe_notes(result.get("thread_probe") or []),
         *[line for c in result["ceiling"] for line in ceiling_notes(c)],

@@ -10,12 +10,9 @@ T = 1000: google/ddpm-cifar10-32's published config (ddpm_rt/models/ddpm_cifar10
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ddpm_rt.models.ddpm_cifar10 import DDPM_CIFAR10_SCHEDULER, DDPM_CIFAR10_UNET  # noqa: E402
+from ddpm_rt.models.ddpm_cifar10 import DDPM_CIFAR10_SCHEDULER, DDPM_CIFAR10_UNET
 
 UNET_CONFIG = DDPM_CIFAR10_UNET
 SCHEDULER_CONFIG = DDPM_CIFAR10_SCHEDULER
@@ -54,18 +51,20 @@ def trained_folder(seed: int = 0, steps: int = 300) -> Path:
 def cifar10_source(seed: int = 0, trained_steps: int = 0):
     """(ModelSource, parameter count): the diffusers folder (random weights, or briefly trained
     when `trained_steps` > 0) exported once to a bundle beside it."""
+    from dataclasses import replace
+
     from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.exporter.export import ExportOptions, export_bundle
-    from ddpm_rt.exporter.sources import resolve_export_source
-    from ddpm_rt.sources import ModelSource
+    from ddpm_rt.sources import resolve_source
 
     folder = trained_folder(seed, trained_steps) if trained_steps else pipeline_folder(seed)
-    src = resolve_export_source(str(folder))
+    src = resolve_source(str(folder))
+    module = src.load_module()  # one module for every contender
+    src = replace(src, load_module=lambda: module)
     bundle = folder.parent / f"{folder.name}.bundle"
     try:
         load_bundle(bundle)
     except Exception:  # noqa: BLE001 - absent or stale: export (verifies parity vs eager)
         export_bundle(src, bundle, ExportOptions(trajectory_steps=0))
-    params = sum(p.numel() for p in src.module.parameters())
-    module = src.module
-    return ModelSource(f"diffusers:{folder.name}", src.spec, lambda: module, bundle=bundle), params
+    params = sum(p.numel() for p in module.parameters())
+    return replace(src, bundle=bundle), params

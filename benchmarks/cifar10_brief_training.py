@@ -7,20 +7,17 @@ L_simple with the folder's own linear schedule (T = 1000); Adam at 2e-4 as in Ho
 This is not a CIFAR-10 model and its samples are not meant to be looked at: it only has to
 predict noise well enough that the reverse loop contracts, as a trained model's does.
 
-    .venv/bin/python benchmarks/cifar10_brief_training.py --steps 300
+    .venv/bin/python -m benchmarks.cifar10_brief_training --steps 300
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def colour_digits32(seed: int) -> np.ndarray:
@@ -80,7 +77,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    from bench_cifar10_model import trained_folder
+    from benchmarks.bench_cifar10_model import trained_folder
 
     print(trained_folder(args.seed, args.steps))
 

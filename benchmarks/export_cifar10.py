@@ -6,7 +6,7 @@ DDPMScheduler linear 1e-4..0.02, T=1000) in a temporary directory, runs the real
 benchmarks/results/export_cifar10.json with the wall time, parameter count, parity
 figures, machine load and versions.
 
-    python benchmarks/export_cifar10.py [--precision fp32|fp16] [--trajectory-steps 50]
+    python -m benchmarks.export_cifar10 [--precision fp32|fp16] [--trajectory-steps 50]
 """
 
 from __future__ import annotations

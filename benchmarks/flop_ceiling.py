@@ -6,7 +6,7 @@ If every MAC of the call ran at the fastest fp32 matrix-multiply rate measured o
 2·MACs / peak; eager torch's measured call time divided by that is the ceiling. The ORT profiler
 shows how close the graph already is: its Conv kernels' GFLOP/s against the same peak.
 
-    .venv/bin/python benchmarks/flop_ceiling.py   # on the CIFAR-10-size U-Net bundle
+    .venv/bin/python -m benchmarks.flop_ceiling   # on the CIFAR-10-size U-Net bundle
 """
 
 from __future__ import annotations
@@ -153,11 +153,8 @@ def notes(c: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_cifar10_model import cifar10_source
-
+    from benchmarks.bench_cifar10_model import cifar10_source
     from ddpm_rt.bundle.load import load_bundle
 
     src, _ = cifar10_source()

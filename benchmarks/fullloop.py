@@ -6,9 +6,9 @@ median, p10/p90 and min of the end-to-end sampling time are reported, with the m
 versions, thread settings and os.getloadavg() before and after. The three samples are
 checked against each other before anything is timed.
 
-    python benchmarks/fullloop.py --model swissroll            # DDIM 40, eta 0
-    python benchmarks/fullloop.py --model digits               # DDIM 50
-    python benchmarks/fullloop.py --model swissroll --batches 1,64 --rounds 30 --threads 1
+    python -m benchmarks.fullloop --model swissroll            # DDIM 40, eta 0
+    python -m benchmarks.fullloop --model digits               # DDIM 50
+    python -m benchmarks.fullloop --model swissroll --batches 1,64 --rounds 30 --threads 1
 
 Writes benchmarks/results/fullloop_<model>.{json,md} (atomically).
 """
@@ -72,21 +72,23 @@ def _stats(times: list[float]) -> dict[str, float]:
 
 def prepare(name: str, steps: int, threads: int, workdir: Path) -> dict[str, Any]:
     """Bundle, plan, full-loop graph session and eager module for `name` (once per model)."""
+    from dataclasses import replace
+
     import onnxruntime as ort
     import torch
 
     from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.eager import TorchBackend
     from ddpm_rt.exporter.export import ExportOptions, export_bundle
     from ddpm_rt.exporter.sampler_export import export_sampler_graph, load_denoiser
-    from ddpm_rt.exporter.sources import from_model_source
-    from ddpm_rt.eager import TorchBackend
     from ddpm_rt.sources import resolve_source
 
     torch.set_num_threads(threads)
     src = resolve_source(name)
     # one module instance for every contender (an untrained built-in draws fresh weights per load)
-    es = from_model_source(src)
-    export_bundle(es, workdir / "bundle", ExportOptions(trajectory_steps=0))
+    module = src.load_module()
+    src = replace(src, load_module=lambda: module)
+    export_bundle(src, workdir / "bundle", ExportOptions(trajectory_steps=0))
     bundle = load_bundle(workdir / "bundle")
     sampler = bundle.spec.sampler(steps, sampler="ddim", eta=0.0)
     exported = export_sampler_graph(load_denoiser(bundle.onnx_path), bundle.manifest, bundle.spec, sampler,
@@ -104,7 +106,7 @@ def prepare(name: str, steps: int, threads: int, workdir: Path) -> dict[str, Any
     return {
         "src": src, "bundle_src": resolve_source(str(workdir / "bundle")), "plan": bundle.spec.plan(sampler),
         "sampler": sampler, "exported": exported, "sessions": sessions, "session_create_s": session_s,
-        "eager": TorchBackend(es.module, threads),
+        "eager": TorchBackend(module, threads),
         "sample_shape": tuple(bundle.spec.sample_shape),
     }
 
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "model": args.model,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/fullloop.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.fullloop " + " ".join(argv if argv is not None else sys.argv[1:]),
         "plan": f"DDIM {steps} steps, eta 0",
         "threads": args.threads, "warmup": args.warmup, "rounds": args.rounds,
         "rounds_large": args.rounds_large or args.rounds,

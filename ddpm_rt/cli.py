@@ -41,7 +41,12 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("inspect", "inspect", "inspect"),
     ("export-sampler", "export_sampler", "export_sampler"),
 ]
-HELP_WIDTH = 120  # option help is wrapped at this width, never cut, whatever the terminal reports
+HELP_WIDTH = 120
+# A missing optional package -> the extra that brings it (the command's own extra wins).
+EXTRA_FOR_MODULE = {"torch": "torch", "onnx": "torch", "onnxscript": "torch", "safetensors": "torch",
+                    "sklearn": "train", "matplotlib": "bench", "diffusers": "diffusers", "openvino": "openvino",
+                    "ray": "ray", "tensorrt": "trt"}
+EXTRA_FOR_COMMAND = {"train": "train", "quality": "quality", "bench": "bench"}  # option help is wrapped at this width, never cut, whatever the terminal reports
 
 
 def _version(value: bool) -> None:
@@ -127,6 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - the one place that catches everything
         if os.environ.get("DDPM_RT_DEBUG"):
             raise
+        top = (getattr(e, "name", None) or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
+        if top in EXTRA_FOR_MODULE:  # an optional package the core install leaves out
+            extra = EXTRA_FOR_COMMAND.get(_invoked(args) or "", EXTRA_FOR_MODULE[top])
+            typer.echo(f"error: this needs the {top} package, which the core install leaves out: "
+                       f"pip install 'ddpm-rt[{extra}]'", err=True)
+            sys.exit(2)
         typer.echo(
             f"error: unexpected {type(e).__name__}: {e} (set DDPM_RT_DEBUG=1 for a traceback)", err=True
         )

@@ -59,6 +59,9 @@ def module_for(source: ModelSource) -> torch.nn.Module:
         raise BackendUnavailable(f"loading {source.label} needs {e.name}: pip install 'ddpm-rt[torch]'") from None
 
 
+_REFERENCE = "ort"  # the CPU backend every GPU backend is first checked against
+
+
 @dataclass(frozen=True)
 class Choice:
     """The backend to open and why (shown by `sample`)."""
@@ -88,7 +91,7 @@ def _gpu_verdict(name: str, source: ModelSource, cache_dir: Path | None, log: Lo
     bundle = bundle_for(source, cache_dir, log)
     return probe.run_probe(
         name, lambda b: open_backend(name, artifact_for(name, source, cache_dir, log), b),
-        lambda b: open_backend("ort", bundle, b), plan, source.spec.sample_shape)
+        lambda b: open_backend(_REFERENCE, bundle, b), plan, source.spec.sample_shape)
 
 
 def choose_backend(name: str, source: ModelSource, cache_dir: Path | None = None,

@@ -12,7 +12,7 @@ from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.fsutil import file_sha256
 from ddpm_rt.sources.flags import ScheduleFlags
 from ddpm_rt.sources.source import ModelSource, SourceKind, content_key
-from ddpm_rt.sources.weights import load_state_checked, read_state_dict
+from ddpm_rt.weights import load_state_checked, read_state_dict
 
 
 def import_factory(ref: str) -> Any:

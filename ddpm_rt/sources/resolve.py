@@ -16,11 +16,10 @@ from ddpm_rt.bundle.manifest import MANIFEST_FILE
 from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.models.catalog import BUILTIN, DEFAULT_MODEL
 from ddpm_rt.sources.builtin import builtin_source
-from ddpm_rt.sources.checkpoint import checkpoint_source, is_checkpoint
 from ddpm_rt.sources.diffusers import detect, diffusers_source
 from ddpm_rt.sources.flags import ScheduleFlags
 from ddpm_rt.sources.source import ModelSource, SourceKind
-from ddpm_rt.sources.weights import PICKLE_SUFFIXES, SAFE_SUFFIXES
+from ddpm_rt.weights import PICKLE_SUFFIXES, SAFE_SUFFIXES
 
 FOLDER_KINDS = ("a `ddpm-rt train` checkpoint (config.json + model.safetensors), a diffusers pipeline "
                 "(unet/ + scheduler/scheduler_config.json) or UNet2DModel folder (config.json + "
@@ -29,6 +28,8 @@ FOLDER_KINDS = ("a `ddpm-rt train` checkpoint (config.json + model.safetensors),
 
 def bundle_source(path: Path) -> ModelSource:
     """An exported bundle. Its torch module is reachable only through its original source."""
+    from ddpm_rt.sources.checkpoint import checkpoint_source, is_checkpoint
+
     bundle = load_bundle(path)
     origin = bundle.manifest.get("source") or {}
     load_module = None
@@ -65,6 +66,8 @@ def resolve_source(source: str | None) -> ModelSource:
         )
     if _is_bundle(path):
         return bundle_source(path)
+    from ddpm_rt.sources.checkpoint import checkpoint_source, is_checkpoint
+
     if is_checkpoint(path):
         return checkpoint_source(path)
     layout = detect(path)

@@ -38,14 +38,14 @@ def save_json(obj: dict[str, Any], path: Path) -> None:
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from ddpm_rt.sources.weights import read_state_dict
+    from ddpm_rt.weights import read_state_dict
 
     return read_state_dict(path)
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
     """Load a safetensors state dict into `module`; SourceError if names or shapes differ."""
-    from ddpm_rt.sources.weights import load_state_checked
+    from ddpm_rt.weights import load_state_checked
 
     load_state_checked(module, read_tensors(path), path)
 
