@@ -106,13 +106,18 @@ def _tensorrt_facts() -> dict[str, Any]:
 def collect() -> dict[str, Any]:
     """The doctor report as plain data (JSON-serialisable)."""
     import ddpm_rt
+    from ddpm_rt.gpu.probe import proven
     from ddpm_rt.runtime.backend import REGISTRY, available_backends, unavailable_reason
 
     backends = {}
     for name in sorted(REGISTRY, key=lambda n: -REGISTRY[n].rank):
         reason = unavailable_reason(name)
         backends[name] = {"available": reason is None, "reason": reason, "summary": REGISTRY[name].summary}
-    usable = available_backends()
+        if REGISTRY[name].gpu:
+            backends[name]["parity_probe"] = proven(name) if reason is None else None
+    # auto never takes a GPU backend before its first-use parity probe passed here
+    usable = [n for n in available_backends()
+              if not REGISTRY[n].gpu or (backends[n].get("parity_probe") or {}).get("ok")]
     return {
         "ddpm_rt": ddpm_rt.__version__,
         "python": platform.python_version(),
@@ -153,6 +158,11 @@ def render(report: dict[str, Any]) -> str:
     for name, b in report["backends"].items():
         mark = "yes" if b["available"] else "no "
         tail = b["summary"] if b["available"] else b["reason"]
+        if b["available"] and "parity_probe" in b:
+            probe = b["parity_probe"]
+            tail += (" — not yet probed: auto tries it on first use" if probe is None else
+                     f" — parity probe {'passed' if probe.get('ok') else 'FAILED'} "
+                     f"({probe.get('error') or 'rel. error ' + format(probe.get('rel_rms', 0.0), '.2g')})")
         lines.append(f"  {mark} {name:<11} {tail}")
     lines.append(f"auto picks: {report['auto'] or 'nothing (install torch)'}")
     return "\n".join(lines)
