@@ -104,7 +104,10 @@ def _install_signal_handlers() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    try:  # typer >= 0.2x vendors click; older typer uses click itself
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:
+        from click.exceptions import ClickException, NoArgsIsHelpError
 
     _install_signal_handlers()
     args = sys.argv[1:] if argv is None else argv
