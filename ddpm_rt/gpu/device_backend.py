@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from ddpm_rt.plan import SamplingPlan
-    from ddpm_rt.runtime.device_loop import DeviceLoop
+    from ddpm_rt.gpu.device_loop import DeviceLoop
 
 
 class DeviceLoopBackend(Backend):

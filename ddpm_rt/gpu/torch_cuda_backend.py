@@ -18,7 +18,7 @@ from ddpm_rt.runtime.backend import BackendOptions
 if TYPE_CHECKING:
     import torch
 
-    from ddpm_rt.runtime.device_loop import DeviceLoop
+    from ddpm_rt.gpu.device_loop import DeviceLoop
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -48,7 +48,7 @@ class TorchCudaBackend(DeviceLoopBackend):
     ) -> None:
         import torch
 
-        from ddpm_rt.runtime.device_loop import DeviceLoop
+        from ddpm_rt.gpu.device_loop import DeviceLoop
 
         self._torch = torch
         self.module = module.eval().to(device)

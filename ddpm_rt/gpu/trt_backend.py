@@ -102,7 +102,7 @@ class TrtBackend(DeviceLoopBackend):
     device = "cuda"
 
     def __init__(self, engine: TrtEngine, *, cuda_graph: bool = True) -> None:
-        from ddpm_rt.runtime.device_loop import DeviceLoop
+        from ddpm_rt.gpu.device_loop import DeviceLoop
 
         self.engine = engine
         self.loop = DeviceLoop(engine, "cuda", cuda_graph=cuda_graph)

@@ -147,7 +147,7 @@ def test_import_never_pulls_tensorrt() -> None:
     code = (
         "import sys, ddpm_rt, ddpm_rt.cli, ddpm_rt.doctor, ddpm_rt.gpu.trt_build, "
         "ddpm_rt.gpu.engine_cache, ddpm_rt.gpu.trt_backend, ddpm_rt.gpu.torch_cuda_backend, "
-        "ddpm_rt.runtime.device_loop\n"
+        "ddpm_rt.gpu.device_loop\n"
         "from ddpm_rt.runtime.backend import available_backends; available_backends()\n"
         "assert 'tensorrt' not in sys.modules, 'tensorrt imported'\n"
     )

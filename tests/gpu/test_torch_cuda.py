@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_rt.runtime.device_loop import DeviceLoop
+from ddpm_rt.gpu.device_loop import DeviceLoop
 from ddpm_rt.runtime.loop import sample_loop
 from tests.cpu.test_device_loop_cpu import (
     PLANS,
