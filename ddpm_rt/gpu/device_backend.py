@@ -17,8 +17,8 @@ from ddpm_rt.runtime.loop import ProgressFn
 if TYPE_CHECKING:
     import torch
 
-    from ddpm_rt.plan import SamplingPlan
     from ddpm_rt.gpu.device_loop import DeviceLoop
+    from ddpm_rt.plan import SamplingPlan
 
 
 class DeviceLoopBackend(Backend):
@@ -33,11 +33,13 @@ class DeviceLoopBackend(Backend):
         import torch
 
         with torch.no_grad():
-            xd = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
-            td = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).cuda()
+            dev = self.loop.device
+            xd = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+            td = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).to(dev)
             out = torch.empty_like(xd)
             self._denoise(xd, td, out)
-            torch.cuda.current_stream().synchronize()
+            if dev.type == "cuda":
+                torch.cuda.current_stream(dev).synchronize()
             return out.cpu().numpy()
 
     def _run(self, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray | None,

@@ -106,6 +106,11 @@ class DeviceLoop:
     # -- state -------------------------------------------------------------------------------
 
     @property
+    def stream(self) -> torch.cuda.Stream | None:
+        """The dedicated stream every step runs on (None on the CPU); ORT backends share it."""
+        return self._stream
+
+    @property
     def state(self) -> _LoopState | None:
         return self._state
 

@@ -1,142 +1,182 @@
-"""ONNX Runtime on the GPU: the CUDA and TensorRT execution providers (extra `[ort-gpu]`).
+"""ONNX Runtime on the GPU: the CUDA and TensorRT execution providers (extra `[ort-gpu]`), device-resident.
 
-Written against onnxruntime-gpu's Python API; not run in this project's CI (no GPU).
+Both run in `DeviceLoop`, the same loop as the torch-cuda and trt backends: x, t, the model
+output, the history ring, the noise and the coefficient tables are torch tensors on the
+device, allocated once per (plan, batch). ONNX Runtime reads and writes those tensors in
+place through IO binding on their device pointers (``IOBinding.bind_input/bind_output`` with
+``data_ptr()``), bound once per buffer set; it runs on the loop's own CUDA stream
+(``user_compute_stream``) with the per-run host synchronisation off
+(``disable_synchronize_execution_providers``), so a step is a kernel launch on one stream:
+no host↔device copy, no allocation. The whole loop is not captured in a CUDA graph here
+(ONNX Runtime allocates from its own arena inside a run), so `cuda_graph` is ignored.
+
+The same code runs on the CPU (device "cpu": CPU tensors, the CPU execution provider), which
+is how it is tested in this project's CI. Written against onnxruntime-gpu's Python API; no
+GPU has run it here.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ddpm_rt.bundle.contract import CONTRACT
+from ddpm_rt.bundle.contract import CONTRACT, ORT_DTYPES, check_io
 from ddpm_rt.bundle.load import Bundle
-from ddpm_rt.errors import ConfigError
+from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
+from ddpm_rt.gpu.device_backend import DeviceLoopBackend
 from ddpm_rt.runtime.backend import BackendOptions
-from ddpm_rt.runtime.ort_backend import OrtCpuBackend, _import_ort, _provider_missing
+from ddpm_rt.runtime.ort_backend import _first_line, _import_ort, _provider_missing
+
+if TYPE_CHECKING:
+    import torch
 
 GPU_HINT = "install onnxruntime-gpu: pip install 'ddpm-rt[ort-gpu]'"
 
 
-class OrtCudaBackend(OrtCpuBackend):
-    """ONNX Runtime, CUDA execution provider.
+class OrtDeviceBackend(DeviceLoopBackend):
+    """An ONNX Runtime session whose inputs and outputs are the DeviceLoop's own device tensors."""
 
-    With ``BackendOptions.cuda_graph`` (shapes are static: one batch per backend) x, t and
-    out live on the device, bound once, and the first run captures a CUDA graph that later
-    runs replay (``enable_cuda_graph``). Each step copies x and t host→device in place
-    (``OrtValue.update_inplace``) and the output device→host: the loop itself stays the
-    shared host loop. Without a CUDA graph the numpy buffers are bound and ORT copies.
-    """
+    provider: ClassVar[str] = "CPUExecutionProvider"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    def __init__(self, bundle: Bundle, batch: int, options: BackendOptions, device: str = "cuda") -> None:
+        from ddpm_rt.gpu.device_loop import DeviceLoop
+
+        ort = _import_ort()
+        self.batch = batch
+        self.loop = DeviceLoop(self._denoise, device, cuda_graph=False)
+        stream = self.loop.stream
+        self._dev_type = "cuda" if stream is not None else "cpu"
+        self._dev_id = int(options.extra.get("device_id", 0)) if stream is not None else 0
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        providers = self.providers(bundle, batch, options, None if stream is None else stream.cuda_stream)
+        try:
+            self.session = ort.InferenceSession(str(bundle.onnx_path), so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
+            raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {_first_line(e)}") from None
+        describe = lambda vs: {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in vs}  # noqa: E731
+        fixed = check_io(describe(self.session.get_inputs()), describe(self.session.get_outputs()),
+                         bundle.spec.sample_shape, str(bundle.onnx_path))
+        if fixed is not None and fixed != batch:
+            raise ConfigError(f"{bundle.onnx_path} has a static batch of {fixed}; use --batch {fixed}")
+        self._binding = self.session.io_binding()
+        self._run_options = ort.RunOptions()
+        if stream is not None:  # ordering comes from the shared stream, not from a host sync per run
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._bound: tuple[int, int, int, tuple[int, ...]] | None = None
+        self.info = {"providers": self.session.get_providers(), "device": device, "onnx": str(bundle.onnx_path),
+                     "onnxruntime": ort.__version__, "device_resident": True}
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        from ddpm_rt.doctor import cuda_missing_reason
+
+        return _provider_missing(cls.provider, GPU_HINT) or cuda_missing_reason()
+
+    @classmethod
+    def provider_options(cls, bundle: Bundle, batch: int, options: BackendOptions) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def providers(cls, bundle: Bundle, batch: int, options: BackendOptions, stream: int | None) -> list[Any]:
+        if stream is None:  # the CPU path (tests): same binding logic, CPU execution provider
+            return ["CPUExecutionProvider"]
+        shared = {"device_id": int(options.extra.get("device_id", 0)), "has_user_compute_stream": "1",
+                  "user_compute_stream": str(stream)}
+        cuda = {**shared, "cudnn_conv_algo_search": "EXHAUSTIVE"}
+        if cls.provider == "CUDAExecutionProvider":
+            return [(cls.provider, cuda), "CPUExecutionProvider"]
+        return [(cls.provider, {**shared, **cls.provider_options(bundle, batch, options)}),
+                ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+
+    @classmethod
+    def open(cls, bundle: Bundle, batch: int, options: BackendOptions) -> OrtDeviceBackend:
+        reason = cls.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(f"backend {cls.name!r} is unavailable: {reason}")
+        if options.precision not in cls.precisions:
+            raise ConfigError(f"backend {cls.name!r} runs {' or '.join(cls.precisions)}, "
+                              f"got --precision {options.precision}")
+        return cls(bundle, batch, options, device=f"cuda:{int(options.extra.get('device_id', 0))}")
+
+    # -- the denoiser slot of the device loop ---------------------------------------------------
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        key = (x.data_ptr(), t.data_ptr(), out.data_ptr(), tuple(x.shape))
+        if key != self._bound:  # the loop's buffers are static: this binds once per (plan, batch)
+            b = self._binding
+            for name, tensor in ((CONTRACT.x_name, x), (CONTRACT.t_name, t)):
+                b.bind_input(name, self._dev_type, self._dev_id, np.float32, list(tensor.shape), tensor.data_ptr())
+            b.bind_output(CONTRACT.out_name, self._dev_type, self._dev_id, np.float32, list(out.shape),
+                          out.data_ptr())
+            self._bound = key
+        try:
+            self.session.run_with_iobinding(self._binding, self._run_options)
+        except Exception as e:  # noqa: BLE001 - ORT's untyped runtime errors, as one line
+            raise BundleError(f"onnxruntime failed running the denoiser: {_first_line(e)}") from None
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        import torch
+
+        stream = self.loop.stream  # the host call (parity checks) runs on the session's stream too
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            return super().__call__(x, t)
+
+    def close(self) -> None:
+        super().close()
+        self._binding = None
+        self.session = None
+
+
+class OrtCudaBackend(OrtDeviceBackend):
+    """ONNX Runtime, CUDA execution provider, every buffer on the device."""
 
     name = "ort-cuda"
     device = "cuda"
     provider = "CUDAExecutionProvider"
 
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return _provider_missing(cls.provider, GPU_HINT)
 
-    @classmethod
-    def cuda_options(cls, options: BackendOptions) -> dict[str, Any]:
-        device_id = int(options.extra.get("device_id", 0))
-        return {"device_id": device_id, "enable_cuda_graph": "1" if options.cuda_graph else "0",
-                "cudnn_conv_algo_search": "EXHAUSTIVE"}
+class OrtTensorRTBackend(OrtDeviceBackend):
+    """ONNX Runtime, TensorRT execution provider (CUDA EP for unsupported nodes), every buffer on the device.
 
-    @classmethod
-    def providers(cls, onnx_path: Path, batch: int, sample_shape: tuple[int, ...],
-                  options: BackendOptions, cache: Path) -> list[Any]:
-        return [(cls.provider, cls.cuda_options(options)), "CPUExecutionProvider"]
-
-    @classmethod
-    def open(cls, bundle: Bundle, batch: int, options: BackendOptions) -> OrtCudaBackend:
-        be = super().open(bundle, batch, options)
-        assert isinstance(be, OrtCudaBackend)
-        be.device_id = int(options.extra.get("device_id", 0))
-        be.cuda_graph = bool(options.cuda_graph)
-        be.info["cuda_graph"] = be.cuda_graph
-        if be.cuda_graph:
-            be._alloc_device_buffers()
-        return be
-
-    def _alloc_device_buffers(self) -> None:
-        ort = _import_ort()
-        shape = (self.batch, *self.sample_shape)
-        new = ort.OrtValue.ortvalue_from_shape_and_type
-        self._x_dev = new(shape, np.float32, "cuda", self.device_id)
-        self._t_dev = new((self.batch,), np.float32, "cuda", self.device_id)
-        self._out_dev = new(shape, np.float32, "cuda", self.device_id)
-        self._binding.bind_ortvalue_input(self.x_name, self._x_dev)
-        self._binding.bind_ortvalue_input(self.t_name, self._t_dev)
-        self._binding.bind_ortvalue_output(self.out_name, self._out_dev)
-        self.session.run_with_iobinding(self._binding)  # first run captures the CUDA graph
-
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if not getattr(self, "cuda_graph", False):
-            return super().__call__(x, t)
-        if x.shape != (self.batch, *self.sample_shape) or t.shape != (self.batch,):
-            raise ConfigError(
-                f"backend {self.name!r} with a CUDA graph runs exactly batch {self.batch}; "
-                f"got x {list(x.shape)} (open it for that batch, or pass cuda_graph=False)"
-            )
-        self._x_dev.update_inplace(np.ascontiguousarray(x, dtype=np.float32))
-        self._t_dev.update_inplace(np.ascontiguousarray(t, dtype=np.float32))
-        self.session.run_with_iobinding(self._binding)  # replays the captured graph
-        np.copyto(self._out, self._out_dev.numpy())
-        return self._out
-
-    def close(self) -> None:
-        self._x_dev = self._t_dev = self._out_dev = None
-        super().close()
-
-
-class OrtTensorRTBackend(OrtCudaBackend):
-    """ONNX Runtime, TensorRT execution provider (CUDA EP as fallback for unsupported nodes).
-
-    Engines are cached by the EP (``trt_engine_cache_enable``) in a directory keyed like
-    the ORT graph cache (ONNX hash, ORT version, precision, batch profile); the graph
-    cache itself is off, since ORT cannot save graphs holding compiled TensorRT nodes.
+    Engines are cached by the EP (``trt_engine_cache_enable``) in a directory keyed like the
+    ORT graph cache (ONNX hash, ORT version, precision, batch profile).
     """
 
     name = "ort-trt"
     device = "cuda"
     provider = "TensorrtExecutionProvider"
+    precisions = ("fp32", "fp16")
 
     @classmethod
-    def check_precision(cls, precision: str) -> None:
-        if precision not in ("fp32", "fp16"):
-            raise ConfigError(f"backend {cls.name!r} runs fp32 or fp16, got --precision {precision}")
-
-    @classmethod
-    def cache_graph(cls) -> bool:
-        return False
-
-    @classmethod
-    def providers(cls, onnx_path: Path, batch: int, sample_shape: tuple[int, ...],
-                  options: BackendOptions, cache: Path) -> list[Any]:
+    def provider_options(cls, bundle: Bundle, batch: int, options: BackendOptions) -> dict[str, Any]:
         from ddpm_rt.runtime import ort_cache
 
         x_name, t_name = CONTRACT.x_name, CONTRACT.t_name
-        dims = "x".join(str(d) for d in sample_shape)
+        dims = "x".join(str(d) for d in bundle.spec.sample_shape)
         profile = {  # one optimisation profile: batch 1..B, tuned for B
             "trt_profile_min_shapes": f"{x_name}:1x{dims},{t_name}:1",
             "trt_profile_opt_shapes": f"{x_name}:{batch}x{dims},{t_name}:{batch}",
             "trt_profile_max_shapes": f"{x_name}:{batch}x{dims},{t_name}:{batch}",
         }
-        entry = ort_cache.cache_entry(onnx_path, cls.provider,
-                                      {"precision": options.precision, **profile},
+        entry = ort_cache.cache_entry(bundle.onnx_path, cls.provider, {"precision": options.precision, **profile},
                                       options.cache_dir)
-        engines = entry.directory / f"trt-{entry.key}"
+        engines = Path(entry.directory) / f"trt-{entry.key}"
         engines.mkdir(parents=True, exist_ok=True)
-        trt = {
-            "device_id": int(options.extra.get("device_id", 0)),
+        return {
             "trt_fp16_enable": options.precision == "fp16",
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(engines),
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(engines),
-            "trt_cuda_graph_enable": bool(options.cuda_graph),
             **profile,
         }
-        cuda = {**cls.cuda_options(options), "enable_cuda_graph": "0"}
-        return [(cls.provider, trt), ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
