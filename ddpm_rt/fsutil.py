@@ -32,17 +32,22 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "ddpm-rt"
 
 
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, read now (for checksums that must see every byte as it is on disk)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised per process on (path, mtime, size)."""
+    """sha256 of a file, memoised per process on (path, mtime, size): content keys hash once per run."""
     path = Path(path)
     st = path.stat()
     memo = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if memo not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[memo] = h.hexdigest()
+        _HASHES[memo] = sha256_of(path)
     return _HASHES[memo]
 
 

@@ -37,7 +37,21 @@ def sample(
     precision: Annotated[str, typer.Option(help="GPU backends: fp32 | fp16 | bf16.")] = "fp32",
     cuda_graph: Annotated[bool, typer.Option(help="GPU backends: capture the whole loop in one CUDA graph.")] = True,
     allow_nonfinite: Annotated[bool, typer.Option(help="Write the samples even if they contain NaN/inf.")] = False,
-    out: Annotated[Path, typer.Option(help="Output file: .png (grid or scatter) or .npy (raw [B, ...]).")] = Path("samples.png"),
+    out: Annotated[Path, typer.Option(help="Output file: .png (grid or scatter) or .npy (raw [B, ...]); with --num, "
+                                      "a directory of shards.")] = Path("samples.png"),
+    num: Annotated[int | None, typer.Option(min=1, help="Sample this many into shard files under --out DIR (resumable: "
+                                            "rerun the same command to finish or extend).")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="With --num: samples per shard file (a multiple of "
+                                            "--micro-batch).")] = 1024,
+    micro_batch: Annotated[int, typer.Option(min=1, help="With --num: samples per backend call; part of the run's "
+                                             "identity, so the bytes do not depend on shards or workers.")] = 16,
+    executor: Annotated[str, typer.Option(help="With --num: local (this process) or ray (a pool of Ray actors; "
+                                          "pip install 'ddpm-rt[ray]').")] = "local",
+    address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster address (auto, or "
+                                                "HEAD:6379); default: a local Ray instance.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="With --executor ray: actors (default: the cluster's "
+                                                "CPUs / --threads).")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(min=0.0, help="With --executor ray: GPUs per actor.")] = 0.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Sample from a denoiser with a fixed-schedule reverse loop and write the result."""
@@ -52,6 +66,11 @@ def sample(
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if num is not None:
+        _sample_shards(source, num, shard_size, micro_batch, executor, address, workers, gpus_per_worker,
+                       out=out, steps=steps, seed=seed, backend=backend, threads=threads or 1,
+                       precision=precision, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
+        return
     check_output_path(out)  # before any model work: suffix, not a directory, writable parent
     src = resolve_source(source)
     for note in src.notes:
@@ -109,3 +128,27 @@ def sample(
             f"wrote {out} ({batch} samples, {sampler_spec.sampler} {plan.steps} steps on {name}, "
             f"{t_loop:.2f}s{chunks}, peak memory {summary['peak_rss_mb']:.0f} MB)"
         )
+
+
+def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: int, executor: str,
+                   address: str | None, workers: int | None, gpus_per_worker: float, *, out: Path,
+                   **job: object) -> None:
+    """`sample --num N --out DIR`: sharded, resumable, in-process or on Ray (ddpm_rt.shards)."""
+    from ddpm_rt.errors import ConfigError
+    from ddpm_rt.progress import Progress
+    from ddpm_rt.shards import LocalExecutor, prepare_job, run_shards
+
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor must be one of local, ray, got {executor!r}")
+    if out.suffix.lower() in (".png", ".npy"):
+        raise ConfigError(f"--out {out} looks like a file; with --num give a directory for the shards")
+    spec = prepare_job(source, num=num, shard_size=shard_size, micro_batch=micro_batch, **job)
+    if executor == "ray":
+        from ddpm_rt.shards.ray_executor import RayExecutor
+
+        runner = RayExecutor(address=address, workers=workers, num_gpus=gpus_per_worker)
+    else:
+        runner = LocalExecutor()
+    s = run_shards(spec, out, runner, progress=Progress(f"sampling {num} ({executor})"))
+    typer.echo(f"{out}: {s.num} samples in {s.shards} shards; computed {len(s.computed)}, kept "
+               f"{len(s.skipped)} ({s.samples_per_s:.1f} samples/s on {s.stats.workers} worker(s))")

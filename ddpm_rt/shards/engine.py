@@ -38,12 +38,12 @@ def bundle_content_key(bundle_dir: Path) -> str:
 
 def open_shard_backend(job: ShardJob, bundle_dir: Path | None = None) -> Backend:
     """Open `job.backend` on the bundle at `bundle_dir` (default: the job's) for one micro-batch."""
+    from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.runtime.backend import BackendOptions, open_backend
-    from ddpm_rt.source import resolve_source
 
-    src = resolve_source(str(bundle_dir or job.bundle_dir))
+    bundle = load_bundle(Path(bundle_dir or job.bundle_dir))
     options = BackendOptions(threads=job.threads, precision=job.precision)
-    return open_backend(job.backend, src, batch=job.layout.micro_batch, options=options)
+    return open_backend(job.backend, bundle, batch=job.layout.micro_batch, options=options)
 
 
 class ShardSampler:
@@ -105,16 +105,21 @@ def prepare_job(
 ) -> ShardJob:
     """A job for `source` (built-in name, checkpoint, bundle): its bundle (exported once) and plan."""
     from ddpm_rt.errors import ConfigError
-    from ddpm_rt.runtime.backend import resolve_backend_name
+    from ddpm_rt.prepare import bundle_for, choose_backend
+    from ddpm_rt.runtime.backend import REGISTRY
     from ddpm_rt.shards.layout import ShardLayout
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.sources import resolve_source
 
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1 for sharded runs (it is recorded per shard), got {threads}")
     layout = ShardLayout(num, shard_size, micro_batch)
     src = resolve_source(source)
-    bundle_dir = Path(src.bundle_dir()).resolve()
+    name = choose_backend(backend, src).name
+    if REGISTRY[name].artifact != "bundle":
+        raise ConfigError(f"sharded runs open a bundle on every worker; --backend {name} runs a PyTorch module, "
+                          "use ort (or another bundle backend)")
+    bundle_dir = bundle_for(src).directory.resolve()
     plan = src.spec.plan(src.spec.sampler(steps, **sampler_overrides))
     return ShardJob(bundle_dir=bundle_dir, source_key=bundle_content_key(bundle_dir), plan=plan,
                     sample_shape=tuple(src.spec.sample_shape), seed=seed, layout=layout,
-                    backend=resolve_backend_name(backend), threads=threads, precision=precision)
+                    backend=name, threads=threads, precision=precision)

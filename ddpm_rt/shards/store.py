@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_rt.errors import ConfigError, SourceError
-from ddpm_rt.exporter.manifest import sha256_file
-from ddpm_rt.fsutil import atomic_write, atomic_write_text
+from ddpm_rt.fsutil import atomic_write, atomic_write_text, sha256_of
 from ddpm_rt.shards.layout import ShardRange, shard_filename
 from ddpm_rt.shards.manifest import MANIFEST_FILE, ShardManifest, ShardRecord
 
@@ -58,7 +57,7 @@ class ShardStore:
         if rec is None or (rec.start, rec.stop) != (shard.start, shard.stop):
             return False
         path = self.directory / rec.file
-        return path.is_file() and sha256_file(path) == rec.sha256
+        return path.is_file() and sha256_of(path) == rec.sha256
 
     def write_shard(self, manifest: ShardManifest, shard: ShardRange, samples: np.ndarray,
                     meta: dict[str, Any]) -> ShardRecord:
@@ -73,7 +72,7 @@ class ShardStore:
 
         path = atomic_write(self.directory / name, save)
         record = ShardRecord(index=shard.index, start=shard.start, stop=shard.stop, file=name,
-                             sha256=sha256_file(path), backend=str(meta["backend"]),
+                             sha256=sha256_of(path), backend=str(meta["backend"]),
                              precision=str(meta["precision"]), threads=int(meta["threads"]),
                              worker=str(meta.get("worker", "")), seconds=float(meta.get("seconds", 0.0)),
                              cpu_seconds=float(meta.get("cpu_seconds", 0.0)))

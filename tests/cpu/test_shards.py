@@ -13,7 +13,6 @@ import pytest
 
 from ddpm_rt.errors import BackendUnavailable, ConfigError, SourceError
 from ddpm_rt.exporter.export import ExportOptions, export_bundle
-from ddpm_rt.exporter.sources import ExportSource
 from ddpm_rt.runtime.loop import sample_loop
 from ddpm_rt.schedule import ScheduleSpec
 from ddpm_rt.shards import (
@@ -27,6 +26,7 @@ from ddpm_rt.shards import (
     sample_generator,
 )
 from ddpm_rt.spec import DiffusionSpec
+from tests.helpers.sources import module_source
 from tests.helpers.tiny import make
 
 # a conv + GroupNorm + attention denoiser on 1x8x8: batch-coupled ops if anything is
@@ -36,7 +36,7 @@ JOB = {"micro_batch": 8, "steps": 10, "sampler": "ddpm", "threads": 1, "seed": 7
 
 
 def export_tiny_bundle(out: Path) -> Path:
-    source = ExportSource(make(), TINY_SPEC, "module", "tests.helpers.tiny:make")
+    source = module_source(make(), TINY_SPEC, ref="tests.helpers.tiny:make")
     export_bundle(source, out, ExportOptions(trajectory_steps=0), lambda _: None)
     return out
 
