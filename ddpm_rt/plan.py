@@ -14,15 +14,29 @@ model output ``out`` (plus noise):
     clip:     x_prev = p0·clip(cx·x + co·out, lo, hi) + a·x + b·out + sigma·z
 
 where, with clip, the x0^ term is split out so it can be clipped (p0 = 0 without clip).
+
+Multistep solvers (dpmpp-2m, dpmpp-3m, unipc, ipndm; equations in `ddpm_rt.multistep`) also
+read a fixed history of H past *converted outputs* d (x0^, or eps^ for ipndm):
+
+    d_i    = cx·x + co·out              (clipped to [lo, hi] with clip; d is x0^ then)
+    x_prev = a·x + b·out + p0·d_i + Σ_{j=1..H} hist[i, j-1]·d_{i-j} + sigma·z
+
+with d_i computed whenever the plan `converts` (clip, or H > 0). Without clip, d_i's own term
+is folded into a and b in float64 (p0 = 0), as for ddim; d_i is still kept for later steps.
+Loops keep d in a ring of H + 1 buffers, d_i in slot i mod (H + 1) (`SamplingPlan.ring_slots`),
+zeroed before step 0 (weights of d's from before step 0 are 0, but 0·garbage could be NaN).
+A plain plan (ddpm, ddim, ...) has H = 0: with clip its ring is the one clipped-x0^ buffer.
 The loop only indexes these tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
+from ddpm_rt import multistep
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.schedule import (
     SPACINGS,
@@ -31,13 +45,14 @@ from ddpm_rt.schedule import (
     alphas_cumprod,
     check_steps,
     respace,
+    respace_multistep,
 )
 
-SAMPLERS = ("ddpm", "ddim", "direct", "geometric")
+SAMPLERS = ("ddpm", "ddim", "direct", "geometric", *multistep.MULTISTEP)
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "next_sample")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 # Which samplers each schedule family can drive, and its default.
-SAMPLERS_FOR_FAMILY = {"vp": ("ddim", "ddpm"), "interp": ("direct",), "alpha_power": ("geometric",)}
+SAMPLERS_FOR_FAMILY = {"vp": ("ddim", "ddpm", *multistep.MULTISTEP), "interp": ("direct",), "alpha_power": ("geometric",)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,8 @@ class SamplerSpec:
     variance_type: str = "fixed_small"  # ddpm
     set_alpha_to_one: bool = True  # ddim: abar after the last step is 1 (else abar_0)
     step_scale: float = 1.0  # geometric (seed 004): the STEP_SIZE exponent
+    karras_sigmas: bool = False  # multistep: noise levels of Karras et al. 2022 (rho = 7)
+    lower_order_final: bool = True  # dpmpp/unipc: lower orders on the last steps of short runs
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -71,7 +88,8 @@ class SamplerSpec:
 
     @property
     def deterministic(self) -> bool:
-        return self.sampler in ("direct", "geometric") or (self.sampler == "ddim" and self.eta == 0)
+        return self.sampler in ("direct", "geometric", *multistep.MULTISTEP) or (
+            self.sampler == "ddim" and self.eta == 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,13 +104,39 @@ class SamplingPlan:
     sigma: np.ndarray  # float32 [N]: std of the added noise (0 = none drawn)
     cx: np.ndarray  # float32 [N]: x0^ = cx·x + co·out (used only with clip)
     co: np.ndarray
-    p0: np.ndarray  # float32 [N]: coefficient of clip(x0^) (0 without clip)
+    p0: np.ndarray  # float32 [N]: coefficient of d_i = clip(cx·x + co·out) (0 without clip)
     clip: tuple[float, float] | None = None
     meta: dict = field(default_factory=dict)
+    # float32 [N, H]: weight of d_{i-j} (j = 1..H) in step i; H = 0 for single-step samplers
+    hist: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.hist is None:
+            object.__setattr__(self, "hist", np.zeros((self.steps, 0), dtype=np.float32))
+        assert self.hist.shape[0] == self.steps and self.hist.dtype == np.float32, self.hist.shape
 
     @property
     def steps(self) -> int:
         return int(self.timesteps.shape[0])
+
+    @property
+    def depth(self) -> int:
+        """H: how many past converted outputs a step reads."""
+        return int(self.hist.shape[1])
+
+    @property
+    def converts(self) -> bool:
+        """Whether a step computes d_i = [clip](cx·x + co·out) (clip, or a history to feed)."""
+        return self.clip is not None or self.depth > 0
+
+    @cached_property
+    def ring_slots(self) -> np.ndarray:
+        """int64 [N, H + 1] (read-only, made once): ring slot of d_{i-j} at step i, j = 0..H,
+        slot = (i - j) mod (H + 1), so d_i overwrites d_{i-H-1}, the one no longer needed."""
+        i, j = np.arange(self.steps)[:, None], np.arange(self.depth + 1)[None, :]
+        slots = np.mod(i - j, self.depth + 1).astype(np.int64)
+        slots.setflags(write=False)
+        return slots
 
     @property
     def stochastic(self) -> bool:
@@ -103,7 +147,7 @@ class SamplingPlan:
         if not 1 <= k <= self.steps:
             raise ConfigError(f"head({k}) of a {self.steps}-step plan: k must be in 1..{self.steps}")
         cut = {f: getattr(self, f)[:k].copy() for f in
-               ("timesteps", "train_timesteps", "a", "b", "sigma", "cx", "co", "p0")}
+               ("timesteps", "train_timesteps", "a", "b", "sigma", "cx", "co", "p0", "hist")}
         return replace(self, **cut, meta=dict(self.meta))
 
     def table(self) -> np.ndarray:
@@ -170,6 +214,42 @@ def _vp_plan(
                    {"alphas_cumprod": ac, "alphas_cumprod_prev": ac_prev})
 
 
+def _multistep_plan(
+    schedule: ScheduleSpec, prediction_type: str, spec: SamplerSpec, clip: tuple[float, float] | None
+) -> SamplingPlan:
+    """dpmpp-2m / dpmpp-3m / unipc / ipndm: history weights from `ddpm_rt.multistep`."""
+    name = spec.sampler
+    if clip is not None and multistep.CONVERTS_TO[name] != "x0":
+        raise ConfigError(f"{name} steps on eps^ and cannot clip x0^, but this model clips x0^ to "
+                          f"[{clip[0]:g}, {clip[1]:g}]; use --sampler dpmpp-2m, dpmpp-3m or unipc")
+    T = schedule.num_train_timesteps
+    acs = alphas_cumprod(schedule)
+    level_all = np.sqrt((1.0 - acs) / acs)  # s(t), t = 0..T-1, increasing
+    if spec.karras_sigmas:
+        check_steps(spec.steps, T)
+        ts, level = multistep.karras_levels(level_all, spec.steps, name, schedule.kind == "cosine")
+    else:
+        ts = respace_multistep(T, spec.steps, spec.spacing, spec.steps_offset)
+        level = level_all[ts]
+    level = np.concatenate([level, [0.0]])  # s_N = 0: the last step lands on clean data
+    a, w, order = multistep.history_coefficients(name, level, spec.lower_order_final)
+    ac = 1.0 / (1.0 + level[:-1] ** 2)  # abar at s_i (= abar[t_i] without Karras)
+    cx, co, ex, eo = _x0_eps_coefficients(prediction_type, ac)
+    if multistep.CONVERTS_TO[name] == "eps":
+        cx, co = ex, eo
+    z = np.zeros(spec.steps)
+    b, p0 = z, w[:, 0]
+    if clip is None:
+        # fold d_i's own term into a and b in float64 (as for ddim): x/alpha and s·eps^ nearly
+        # cancel at high noise, which float32 would not survive. d_i is still stored for later steps.
+        a, b, p0 = a + p0 * cx, p0 * co, z
+    plan = _tables(spec, ts.astype(np.float64), ts, a, b, z, cx, co, p0, clip,
+                   {"noise_levels": level, "orders": order.tolist(), "converts_to": multistep.CONVERTS_TO[name]})
+    hist = np.ascontiguousarray(w[:, 1:].astype(np.float32))
+    assert hist.shape == (spec.steps, multistep.HISTORY[name]) and np.all(np.isfinite(hist))
+    return replace(plan, hist=hist)
+
+
 def _direct_plan(schedule: ScheduleSpec, spec: SamplerSpec) -> SamplingPlan:
     # Seed 000: the model output *is* x_{k+1}; k runs 0 (noise) .. T-1.
     T = schedule.num_train_timesteps
@@ -227,6 +307,11 @@ def build_plan(
         )
     if clip is not None and clip[0] >= clip[1]:
         raise ConfigError(f"clip range must be (low, high) with low < high, got {clip}")
+    if sampler.karras_sigmas and sampler.sampler not in multistep.MULTISTEP:
+        raise ConfigError(f"Karras noise levels need a multistep sampler ({', '.join(multistep.MULTISTEP)}), "
+                          f"not {sampler.sampler!r}; drop karras_sigmas or change the sampler")
+    if sampler.sampler in multistep.MULTISTEP:
+        return _multistep_plan(schedule, prediction_type, sampler, clip)
     if schedule.family == "vp":
         return _vp_plan(schedule, prediction_type, sampler, clip)
     if schedule.family == "interp":

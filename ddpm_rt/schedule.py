@@ -194,3 +194,29 @@ def forward_coefficients(spec: ScheduleSpec, t: np.ndarray) -> tuple[np.ndarray,
         return 1.0 - a, a
     level = alpha_power_levels(spec.alpha, t)
     return level, 1.0 - level
+
+
+def respace_multistep(T: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:
+    """Kept train timesteps of the multistep solvers, descending, int64 [steps].
+
+    As diffusers' DPMSolverMultistepScheduler / UniPCMultistepScheduler: linspace and leading
+    lay out steps + 1 points and drop the last one (the solver's final step goes to noise
+    level 0, not to a kept timestep); trailing is `respace`'s. Timesteps must be distinct:
+    a repeated one is a zero-length step (h = 0), which the multistep formulas divide by.
+    """
+    check_steps(steps, T)
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
+    elif spacing == "leading":
+        ratio = T // (steps + 1)
+        ts = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + steps_offset
+    else:
+        return respace(T, steps, spacing, steps_offset)
+    if ts.min() < 0 or ts.max() > T - 1:
+        raise ConfigError(f"steps_offset={steps_offset} pushes timesteps outside 0..{T - 1}; lower it")
+    if np.any(np.diff(ts) >= 0):
+        raise ConfigError(
+            f"{spacing} spacing repeats a timestep at {steps} of {T} steps, which a multistep solver "
+            "cannot take (a zero-length step); use --spacing trailing or fewer steps"
+        )
+    return ts.copy()

@@ -27,6 +27,7 @@ from ddpm_rt.exporter.sampler_graph import (
     build_loop_graph,
     build_step_graph,
     check_model,
+    history_names,
 )
 from ddpm_rt.fsutil import atomic_write
 from ddpm_rt.plan import SamplerSpec, SamplingPlan
@@ -65,6 +66,7 @@ class SamplerExport:
             "sampler": self.plan.sampler.sampler,
             "steps": self.plan.steps,
             "eta": self.plan.sampler.eta,
+            "history_depth": self.plan.depth,
             "max_abs_diff": self.max_abs_diff,
             "max_abs_diff_default_level": self.description["verify"]["max_abs_diff_default_level"],
             "tolerance": TOLERANCE,
@@ -104,6 +106,12 @@ def sampler_metadata(plan: SamplingPlan, spec: DiffusionSpec, graph: str) -> dic
                 "(noise_steps); pass zeros elsewhere"),
         ]
         outputs = [_io("x_prev", "float32", sample, "the sample after this step (feed it back as x)")]
+        h_in, h_out = history_names(plan)
+        inputs += [_io(h, "float32", sample, f"d_(step-{j}), the converted output {j} step(s) back "
+                       "(zeros at step 0); the previous step's output " + h_out[j - 1])
+                   for j, h in enumerate(h_in, start=1)]
+        outputs += [_io(h, "float32", sample, "feed back as input " + h_in[j - 1] + " at the next step")
+                    for j, h in enumerate(h_out, start=1)]
     else:
         inputs = [_io("x_init", "float32", sample, "x_T ~ N(0, I)")]
         outputs = [_io("x_0", "float32", sample, "the final sample, after every step")]
@@ -125,6 +133,10 @@ def sampler_metadata(plan: SamplingPlan, spec: DiffusionSpec, graph: str) -> dic
         "noise": "initial noise x_T ~ N(0, I) float32 [batch, ...]; per-step noise row i ~ N(0, I) "
                  "is used at step i only where sigma_i > 0 (noise_steps)",
         "noise_steps": noisy,
+        # multistep plans (step graph): outputs fed back as inputs; zeros at step 0
+        "history": {"depth": plan.depth, "converts_to": plan.meta.get("converts_to", "x0"),
+                    "carry": [{"output": o, "input": i, "init": "zeros"}
+                              for i, o in zip(*history_names(plan), strict=True)] if graph == "step" else []},
         "timesteps": [float(v) for v in plan.timesteps],
         "sigma": [float(v) for v in plan.sigma],
     }
@@ -148,9 +160,11 @@ def run_fused(sess: Any, graph: str, plan: SamplingPlan, x_init: np.ndarray, noi
     """Run a fused graph: one Run for `loop`, a host loop over `step` for `step`."""
     if graph == "loop":  # one Run
         return sess.run(["x_0"], {"x_init": x_init})[0]
-    x = x_init
+    h_in, h_out = history_names(plan)
+    x, hist = x_init, [np.zeros_like(x_init) for _ in h_in]  # multistep: d_{i-1}..d_{i-H}
     for i in range(plan.steps):
-        x = sess.run(["x_prev"], {"x": x, "step": np.array(i, dtype=np.int64), "noise": noise[i]})[0]
+        feed = {"x": x, "step": np.array(i, dtype=np.int64), "noise": noise[i], **dict(zip(h_in, hist, strict=True))}
+        x, *hist = sess.run(["x_prev", *h_out], feed)
     return x
 
 

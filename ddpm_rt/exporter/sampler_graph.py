@@ -8,18 +8,25 @@ and a `SamplingPlan` (its tables stored as initializers, indexed with ``Gather``
       inputs   x      float32 [B, ...]   the running sample (x_T ~ N(0, I) at step 0)
                step   int64   []         index into the plan (0 = first, noisiest step)
                noise  float32 [B, ...]   z ~ N(0, I); read only where sigma[step] > 0
-      output   x_prev float32 [B, ...]
+               hist_j float32 [B, ...]   multistep plans only, j = 1..H: d_{step-j}, the
+                                         converted output j steps back (zeros at step 0)
+      outputs  x_prev      float32 [B, ...]
+               hist_j_next float32 [B, ...]   multistep only: feed back as hist_j next step
+                                              (hist_1_next = d_step, hist_j_next = hist_{j-1})
 
 * **full-loop graph** (deterministic plans only) — every step in one ONNX ``Loop``::
 
       input    x_init float32 [B, ...]   x_T ~ N(0, I)
       output   x_0    float32 [B, ...]
 
+  Multistep plans carry hist_1..hist_H as loop state too (zeros before the first step).
+
 Per step, with the plan's row i (see `ddpm_rt.plan`)::
 
     t      = Expand(timesteps[i], [B])                               # (B,)
     out    = denoiser(x, t)                                          # (B, ...)
-    x_prev = a_i·x + b_i·out [+ p0_i·clip(cx_i·x + co_i·out, lo, hi)] + sigma_i·z
+    d      = [clip](cx_i·x + co_i·out)                               # plans that convert
+    x_prev = a_i·x + b_i·out [+ p0_i·d + Σ_j hist_i,j·hist_j] + sigma_i·z
 
 The term order matches `runtime.loop.sample_loop`, so both agree to float rounding.
 """
@@ -102,9 +109,22 @@ def _scalar(name: str, value: float, dtype: type = np.float32) -> onnx.TensorPro
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
 
+def history_names(plan: SamplingPlan) -> tuple[list[str], list[str]]:
+    """Step-graph names of the history inputs (hist_1..hist_H) and of their next values."""
+    ins = [f"hist_{j}" for j in range(1, plan.depth + 1)]
+    return ins, [f"{n}_next" for n in ins]
+
+
 def _columns(plan: SamplingPlan, noise: bool) -> tuple[str, ...]:
-    """The plan columns a step reads, in table order."""
-    return ("timesteps", "a", "b") + (("sigma",) if noise else ()) + (("cx", "co", "p0") if plan.clip else ())
+    """The plan columns a step reads, in table order (hist_j: column j-1 of plan.hist)."""
+    return (("timesteps", "a", "b") + (("sigma",) if noise else ())
+            + (("cx", "co", "p0") if plan.converts else ()) + tuple(history_names(plan)[0]))
+
+
+def _column(plan: SamplingPlan, name: str) -> np.ndarray:
+    if name.startswith("hist_"):
+        return plan.hist[:, int(name.split("_")[1]) - 1]
+    return getattr(plan, name)
 
 
 def _plan_tables(plan: SamplingPlan, noise: bool) -> list[onnx.TensorProto]:
@@ -114,7 +134,7 @@ def _plan_tables(plan: SamplingPlan, noise: bool) -> list[onnx.TensorProto]:
     step whatever K is, which matters in a Loop body around a tiny denoiser.
     """
     cols = _columns(plan, noise)
-    table = np.stack([getattr(plan, c) for c in cols], axis=1).astype(np.float32)  # (N, K)
+    table = np.stack([_column(plan, c) for c in cols], axis=1).astype(np.float32)  # (N, K)
     tabs = [numpy_helper.from_array(np.ascontiguousarray(table), "plan/table"),
             numpy_helper.from_array(np.ones(len(cols), dtype=np.int64), "plan/split"),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "plan/zero1"),
@@ -131,17 +151,20 @@ def _batch_nodes(x: str, batch: str, tag: str) -> list[onnx.NodeProto]:
 
 
 def _step_nodes(
-    plan: SamplingPlan, x: str, step: str, noise: str | None, x_prev: str, batch: str, tag: str
+    plan: SamplingPlan, x: str, step: str, noise: str | None, x_prev: str, batch: str, tag: str,
+    hist: tuple[list[str], list[str]] = ([], []),
 ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], str, str]:
     """Nodes of one step around the denoiser call: (before, after, t name, out name).
 
     `before` gathers row `step` and builds t (`batch` is an int64 [1] tensor holding B);
-    `after` is the update. Names are suffixed with `tag` so the same builder serves the
-    main graph and a Loop body.
+    `after` is the update, and for multistep plans moves `hist` = (inputs d_{i-1}..d_{i-H},
+    outputs d_i..d_{i-H+1}) on by one step. Names are suffixed with `tag` so the same
+    builder serves the main graph and a Loop body.
     """
     n = lambda s: f"{s}{tag}"  # noqa: E731 - a local naming helper
     t, out = n("t"), n("out")
     cols = _columns(plan, noise is not None)
+    hist_in, hist_out = hist
     before = [
         # the coefficients of row `step`, each float32 [1] (broadcasts over (B, ...))
         helper.make_node("Gather", ["plan/table", step], [n("row")], name=n("row")),          # (K,)
@@ -150,24 +173,33 @@ def _step_nodes(
         # t = Expand(timesteps[step], [B])                                    # (B,)
         helper.make_node("Expand", [n("c_timesteps"), batch], [t], name=n("t")),
     ]
-    nodes = [
+    nodes = []
+    if plan.converts:
+        # d = [clip](cx·x + co·out), before the update (same order as the host loop)
+        nodes += [
+            helper.make_node("Mul", [x, n("c_cx")], [n("cxx")], name=n("cxx")),
+            helper.make_node("Mul", [out, n("c_co")], [n("coo")], name=n("coo")),
+            helper.make_node("Add", [n("cxx"), n("coo")], [n("d_raw")], name=n("d_raw")),
+            helper.make_node("Clip", [n("d_raw"), "plan/clip_lo", "plan/clip_hi"], [n("d")], name=n("clip"))
+            if plan.clip is not None else helper.make_node("Identity", [n("d_raw")], [n("d")], name=n("d")),
+        ]
+    nodes += [
         # x_prev = a·x + b·out ...                                            # (B, ...)
         helper.make_node("Mul", [x, n("c_a")], [n("ax")], name=n("ax")),
         helper.make_node("Mul", [out, n("c_b")], [n("bo")], name=n("bo")),
         helper.make_node("Add", [n("ax"), n("bo")], [n("lin")], name=n("lin")),
     ]
     acc = n("lin")
-    if plan.clip is not None:
-        # ... + p0·clip(cx·x + co·out, lo, hi)
-        nodes += [
-            helper.make_node("Mul", [x, n("c_cx")], [n("cxx")], name=n("cxx")),
-            helper.make_node("Mul", [out, n("c_co")], [n("coo")], name=n("coo")),
-            helper.make_node("Add", [n("cxx"), n("coo")], [n("x0")], name=n("x0")),
-            helper.make_node("Clip", [n("x0"), "plan/clip_lo", "plan/clip_hi"], [n("x0c")], name=n("clip")),
-            helper.make_node("Mul", [n("x0c"), n("c_p0")], [n("p0x0")], name=n("p0x0")),
-            helper.make_node("Add", [acc, n("p0x0")], [n("lin_clip")], name=n("lin_clip")),
-        ]
-        acc = n("lin_clip")
+    if plan.converts:
+        # ... + p0·d + Σ_j hist_j·d_{i-j}
+        terms = [(n("d"), "p0")] + [(h, f"hist_{j}") for j, h in enumerate(hist_in, start=1)]
+        for value, col in terms:
+            nodes += [helper.make_node("Mul", [value, n(f"c_{col}")], [n(f"w_{col}")], name=n(f"w_{col}")),
+                      helper.make_node("Add", [acc, n(f"w_{col}")], [n(f"acc_{col}")], name=n(f"acc_{col}"))]
+            acc = n(f"acc_{col}")
+        # the history moves on one step: d_i first, then d_{i-1} .. d_{i-H+1}
+        for src, dst in zip([n("d"), *hist_in][: len(hist_out)], hist_out, strict=True):
+            nodes.append(helper.make_node("Identity", [src], [dst], name=f"shift/{dst}"))
     if noise is not None:
         # ... + sigma·z  (sigma = 0 on deterministic rows: z is read but adds exactly 0)
         nodes += [
@@ -202,15 +234,17 @@ def build_step_graph(
 ) -> onnx.ModelProto:
     """One fused reverse step: (x, step, noise) -> x_prev."""
     opset = _check_denoiser(denoiser)
-    before, after, t, out = _step_nodes(plan, "x", "step", "noise", "x_prev", "batch", tag="")
+    hist = history_names(plan)
+    before, after, t, out = _step_nodes(plan, "x", "step", "noise", "x_prev", "batch", tag="", hist=hist)
     den_nodes, den_inits = _denoiser_parts(denoiser, "x", t, out)
     graph = helper.make_graph(
         [*_batch_nodes("x", "batch", ""), *before, *den_nodes, *after],
         "ddpm_rt_step",
         inputs=[_tensor_info("x", sample_shape),
                 helper.make_tensor_value_info("step", TensorProto.INT64, []),
-                _tensor_info("noise", sample_shape)],
-        outputs=[_tensor_info("x_prev", sample_shape)],
+                _tensor_info("noise", sample_shape),
+                *(_tensor_info(h, sample_shape) for h in hist[0])],
+        outputs=[_tensor_info("x_prev", sample_shape), *(_tensor_info(h, sample_shape) for h in hist[1])],
         initializer=[*_plan_tables(plan, noise=True), *den_inits],
     )
     return _model(graph, denoiser, opset, metadata)
@@ -231,8 +265,9 @@ def build_loop_graph(
     # graph, so with outer-scope weights a Loop body would run slower, different kernels
     # than a plain denoiser session. The small plan table and B (computed once, from x_init)
     # stay in the main graph.
+    h_in, h_out = (["body/" + h for h in names] for names in history_names(plan))
     before, after, t, out = _step_nodes(plan, "body/x", "body/i", None, "body/x_next", "loop/batch",
-                                        tag="@body")
+                                        tag="@body", hist=(h_in, h_out))
     den_nodes, den_inits = _denoiser_parts(denoiser, "body/x", t, out)
     body = helper.make_graph(
         [*before, *den_nodes, *after,
@@ -240,15 +275,20 @@ def build_loop_graph(
         "ddpm_rt_loop_body",
         inputs=[helper.make_tensor_value_info("body/i", TensorProto.INT64, []),
                 helper.make_tensor_value_info("body/cond", TensorProto.BOOL, []),
-                _tensor_info("body/x", sample_shape)],
+                _tensor_info("body/x", sample_shape), *(_tensor_info(h, sample_shape) for h in h_in)],
         outputs=[helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
-                 _tensor_info("body/x_next", sample_shape)],
+                 _tensor_info("body/x_next", sample_shape), *(_tensor_info(h, sample_shape) for h in h_out)],
         initializer=den_inits,
     )
-    loop = helper.make_node("Loop", ["loop/trip_count", "loop/cond", "x_init"], ["x_0"],
+    # multistep: hist_1..hist_H are loop-carried state, zeros before the first step
+    zeros = [helper.make_node("Shape", ["x_init"], ["loop/x_shape"], name="loop/x_shape"),
+             helper.make_node("ConstantOfShape", ["loop/x_shape"], ["loop/zeros"], name="loop/zeros",
+                              value=numpy_helper.from_array(np.zeros(1, np.float32)))] if h_in else []
+    loop = helper.make_node("Loop", ["loop/trip_count", "loop/cond", "x_init", *(["loop/zeros"] * len(h_in))],
+                            ["x_0", *(f"loop/hist_{j}_final" for j in range(1, len(h_in) + 1))],
                             name="sampler_loop", body=body)
     graph = helper.make_graph(
-        [*_batch_nodes("x_init", "loop/batch", "@main"), loop],
+        [*_batch_nodes("x_init", "loop/batch", "@main"), *zeros, loop],
         "ddpm_rt_full_loop",
         inputs=[_tensor_info("x_init", sample_shape)],
         outputs=[_tensor_info("x_0", sample_shape)],

@@ -6,14 +6,18 @@ Shared by the torch-cuda and trt backends: they differ only in the denoiser call
 the current stream).
 
 For one (plan, batch, sample shape) everything is allocated once (torch tensors as
-the allocator): x, t, out, the clipped x0^ (clip plans only), the per-step noise and
-the plan's coefficient table. A step then does, on one stream and with no host→device
+the allocator): x, t, out, the ring of converted outputs d (H + 1 slots for a multistep
+plan, one slot for the clipped x0^ of a clip plan, none otherwise), the per-step noise and
+the plan's coefficient tables. A step then does, on one stream and with no host→device
 copy and no allocation of its own (same math and order as ``runtime.loop.sample_loop``):
 
     t     <- timesteps[i]                          fill from the device table
     out   <- denoise(x, t)
-    x0^   <- clip(cx[i]·x + co[i]·out, lo, hi)     clip plans only, before x changes
-    x     <- a[i]·x + b[i]·out (+ p0[i]·x0^) (+ sigma[i]·z[k])
+    d_i   <- [clip](cx[i]·x + co[i]·out)           plans that convert, into ring[slot(i, 0)]
+    x     <- a[i]·x + b[i]·out (+ p0[i]·d_i + Σ_j hist[i, j-1]·ring[slot(i, j)]) (+ sigma[i]·z[k])
+
+slot(i, j) = plan.ring_slots[i, j] is a fixed buffer per step: nothing rotates on the host,
+so a captured graph replays the same reads and writes. The ring is zeroed before each run.
 
 Noise convention (as in the host loop): step i uses noise only where sigma_i > 0. With
 an rng the draws happen at those steps only, in order, each of shape x; with a caller
@@ -51,7 +55,8 @@ _T, _A, _B, _SIGMA, _CX, _CO, _P0 = range(7)
 
 def _plan_signature(plan: SamplingPlan, shape: tuple[int, ...]) -> str:
     h = hashlib.sha256(plan.table().tobytes())
-    h.update(repr((plan.steps, plan.clip, shape)).encode())
+    h.update(plan.hist.tobytes())
+    h.update(repr((plan.steps, plan.clip, plan.depth, shape)).encode())
     return h.hexdigest()
 
 
@@ -64,9 +69,12 @@ class _LoopState:
     x: torch.Tensor  # (B, ...) the running sample
     t: torch.Tensor  # (B,) the model's time input
     out: torch.Tensor  # (B, ...) the model output
-    x0: torch.Tensor | None  # (B, ...) clipped x0^ (clip plans only)
+    ring: torch.Tensor | None  # (H + 1, B, ...) converted outputs d (plans that convert)
+    ring_rows: list[torch.Tensor]  # ring_rows[k]: view of slot k, made once
+    slots: list[list[int]]  # slots[i][j]: ring slot of d_{i-j} (plan.ring_slots)
     table: torch.Tensor  # (N, 7) coefficient table on the device
     rows: list[list[torch.Tensor]]  # rows[col][i]: 0-d views into `table`, made once
+    hist_rows: list[list[torch.Tensor]]  # hist_rows[j-1][i]: 0-d views of plan.hist on the device
     clip: tuple[float, float] | None
     noise_steps: np.ndarray  # (K,) steps with sigma > 0, in order
     noise_slot: list[int | None]  # step i -> row of `z`, or None
@@ -129,6 +137,8 @@ class DeviceLoop:
         dev, f32 = self.device, torch.float32
         pin = self.device.type == "cuda"
         table = torch.from_numpy(plan.table()).to(dev)  # (N, 7), one copy per state
+        hist = torch.from_numpy(np.ascontiguousarray(plan.hist.T)).to(dev)  # (H, N)
+        ring = torch.zeros((plan.depth + 1, *shape), dtype=f32, device=dev) if plan.converts else None
         noise_steps = np.flatnonzero(plan.sigma > 0)
         slot: list[int | None] = [None] * plan.steps
         for k, i in enumerate(noise_steps):
@@ -141,9 +151,12 @@ class DeviceLoop:
             x=torch.empty(shape, dtype=f32, device=dev),
             t=torch.empty(shape[:1], dtype=f32, device=dev),
             out=torch.empty(shape, dtype=f32, device=dev),
-            x0=torch.empty(shape, dtype=f32, device=dev) if plan.clip is not None else None,
+            ring=ring,
+            ring_rows=list(ring.unbind(0)) if ring is not None else [],
+            slots=plan.ring_slots.tolist(),
             table=table,
             rows=[list(table[:, c].unbind(0)) for c in range(7)],
+            hist_rows=[list(hist[j].unbind(0)) for j in range(plan.depth)],
             clip=plan.clip,
             noise_steps=noise_steps,
             noise_slot=slot,
@@ -163,17 +176,21 @@ class DeviceLoop:
         r = st.rows
         st.t.fill_(r[_T][i])  # from the device table: no host->device copy
         self.denoise(st.x, st.t, st.out)
-        if st.x0 is not None:
-            assert st.clip is not None
-            # x0^ = clip(cx·x + co·out) before x is overwritten
-            torch.mul(st.x, r[_CX][i], out=st.x0)
-            st.x0.addcmul_(st.out, r[_CO][i])
-            st.x0.clamp_(st.clip[0], st.clip[1])
-        # x_prev = a·x + b·out (+ p0·x0^) + sigma·z
+        slots = st.slots[i]
+        d = st.ring_rows[slots[0]] if st.ring is not None else None
+        if d is not None:
+            # d_i = [clip](cx·x + co·out) before x is overwritten
+            torch.mul(st.x, r[_CX][i], out=d)
+            d.addcmul_(st.out, r[_CO][i])
+            if st.clip is not None:
+                d.clamp_(st.clip[0], st.clip[1])
+        # x_prev = a·x + b·out (+ p0·d_i + Σ_j hist_j·d_{i-j}) + sigma·z
         st.x.mul_(r[_A][i])
         st.x.addcmul_(st.out, r[_B][i])
-        if st.x0 is not None:
-            st.x.addcmul_(st.x0, r[_P0][i])
+        if d is not None:
+            st.x.addcmul_(d, r[_P0][i])
+            for j, h in enumerate(st.hist_rows, start=1):  # fixed slots: replay-safe
+                st.x.addcmul_(st.ring_rows[slots[j]], h[i])
         k = st.noise_slot[i]
         if k is not None:
             st.x.addcmul_(st.z_rows[k], r[_SIGMA][i])
@@ -213,6 +230,8 @@ class DeviceLoop:
     ) -> None:
         st.x_stage.numpy()[...] = x_init
         st.x.copy_(st.x_stage, non_blocking=True)
+        if st.ring is not None:
+            st.ring.zero_()  # d's before step 0 have weight 0 but must be finite
         if st.z is None:
             return
         assert st.z_stage is not None
@@ -255,8 +274,11 @@ class DeviceLoop:
             else:
                 if st.graph is None:
                     self._capture(st)
-                    # warm-up ran on the static x: restore x_init (the noise buffer is only read)
+                    # warm-up ran on the static x and ring: restore x_init and zero the ring
+                    # (the noise buffer is only read)
                     st.x.copy_(st.x_stage, non_blocking=True)
+                    if st.ring is not None:
+                        st.ring.zero_()
                 st.graph.replay()
                 st.replays += 1
                 if progress is not None:

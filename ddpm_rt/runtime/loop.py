@@ -3,6 +3,11 @@
 All buffers are allocated once before the first step; each step writes the
 time input in place, calls the model and applies the plan's affine update with
 numpy ``out=`` arguments, so the loop itself allocates nothing per step.
+
+Plans that convert the output (clip, or multistep history; see `ddpm_rt.plan`) keep the
+converted outputs d in a ring of H + 1 preallocated buffers: step i writes d_i into slot
+``plan.ring_slots[i, 0]`` and reads d_{i-j} from ``plan.ring_slots[i, j]``. Slots are fixed per
+step (nothing rotates), which is also how the device loop and the fused graphs index them.
 """
 
 from __future__ import annotations
@@ -55,27 +60,35 @@ def sample_loop(
     t_buf = np.empty((batch,), dtype=np.float32)  # (B,)
     z = np.empty_like(x)  # per-step noise
     tmp = np.empty_like(x)
-    x0 = np.empty_like(x) if plan.clip is not None else None
+    # ring of converted outputs d (H + 1 slots; one slot = the clipped x0^ of ddpm/ddim),
+    # zeroed: slots not yet written are read with weight 0 and must be finite
+    ring = list(np.zeros((plan.depth + 1, *x.shape), np.float32)) if plan.converts else []
+    slots, hist = plan.ring_slots, plan.hist  # (N, H + 1) int64, (N, H) float32
     # clip bounds as float32 scalars, made once: np.minimum / np.maximum on them allocate nothing
     lo, hi = (np.float32(v) for v in (plan.clip if plan.clip is not None else (0.0, 0.0)))
 
     for i in range(plan.steps):
         t_buf.fill(plan.timesteps[i])
         out = model(x, t_buf)
-        if x0 is not None:
-            # x0^ = clip(cx·x + co·out) before x is overwritten
-            np.multiply(x, plan.cx[i], out=x0)
+        d = ring[slots[i, 0]] if ring else None
+        if d is not None:
+            # d_i = [clip](cx·x + co·out) before x is overwritten
+            np.multiply(x, plan.cx[i], out=d)
             np.multiply(out, plan.co[i], out=tmp)
-            np.add(x0, tmp, out=x0)
-            np.minimum(x0, hi, out=x0)
-            np.maximum(x0, lo, out=x0)
-        # x_prev = a·x + b·out (+ p0·x0^) + sigma·z
+            np.add(d, tmp, out=d)
+            if plan.clip is not None:
+                np.minimum(d, hi, out=d)
+                np.maximum(d, lo, out=d)
+        # x_prev = a·x + b·out (+ p0·d_i + Σ_j hist_j·d_{i-j}) + sigma·z
         np.multiply(out, plan.b[i], out=tmp)
         np.multiply(x, plan.a[i], out=x)
         np.add(x, tmp, out=x)
-        if x0 is not None:
-            np.multiply(x0, plan.p0[i], out=tmp)
+        if d is not None:
+            np.multiply(d, plan.p0[i], out=tmp)
             np.add(x, tmp, out=x)
+            for j in range(1, plan.depth + 1):  # d_{i-j}, j = 1..H
+                np.multiply(ring[slots[i, j]], hist[i, j - 1], out=tmp)
+                np.add(x, tmp, out=x)
         if plan.sigma[i] > 0:
             if noise is not None:
                 np.multiply(noise[i], plan.sigma[i], out=tmp)

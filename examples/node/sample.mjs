@@ -14,6 +14,10 @@
 //   --noise   [steps, B, ...sample_shape]   row i is z at step i, used only where sigma_i > 0
 // Without --x-init / --noise the host draws them from its own seeded normal RNG
 // (not NumPy's stream: pass files to reproduce a Python run exactly).
+//
+// Multistep samplers (dpmpp-2m, dpmpp-3m, unipc, ipndm): the step graph also takes hist_1..hist_H
+// (past converted outputs) and returns hist_1_next..hist_H_next; metadata `history.carry` lists
+// each {output, input} pair. The host feeds zeros at step 0, then each output back as its input.
 
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -241,6 +245,12 @@ async function main() {
   if (desc.graph !== 'step' && (start !== 0 || stop !== steps)) {
     throw new InputError(`the full-loop graph always runs all ${steps} steps; --start/--stop need a step graph`);
   }
+  // multistep step graphs carry a history (metadata `history.carry`), which starts as zeros
+  // at step 0 and lives only inside one run: it cannot be resumed from x alone
+  const carry = desc.history?.carry ?? [];
+  if (carry.length && start !== 0) {
+    throw new InputError(`--start ${start}: this ${desc.sampler} graph carries a history of past outputs, so it runs from step 0`);
+  }
   const threads = intOption(opts, 'threads', 1, 1024);
   const repeat = intOption(opts, 'repeat', 1, 100000) ?? 1;
   const rng = normalRng(intOption(opts, 'seed', 0, 2 ** 32 - 1));
@@ -289,16 +299,21 @@ async function main() {
     const [xName, stepName, noiseName] = inputNames;
     const n = batch * perSample;
     const zeros = new Float32Array(n);
+    // multistep history: each carried output is fed back as its input at the next step
+    const hist = Object.fromEntries(carry.map((c) => [c.input, zeros]));
     let xs = xInit;
     for (let i = start; i < stop; i++) {
       let z = zeros;
       if (noisy.has(i)) z = noise ? noise.subarray(i * n, (i + 1) * n) : rng(n);
-      const res = await session.run({
+      const feeds = {
         [xName]: new ort.Tensor('float32', xs, xDims),
         [stepName]: new ort.Tensor('int64', BigInt64Array.of(BigInt(i)), []),
         [noiseName]: new ort.Tensor('float32', z, xDims),
-      });
+      };
+      for (const c of carry) feeds[c.input] = new ort.Tensor('float32', hist[c.input], xDims);
+      const res = await session.run(feeds);
       xs = res[outputName].data;
+      for (const c of carry) hist[c.input] = res[c.output].data;
     }
     return xs;
   };

@@ -61,6 +61,12 @@ PLANS = {
         SamplerSpec("geometric", steps=50, step_scale=1.5),
         None,
     ),
+    # multistep: the history ring (H + 1 fixed slots)
+    "dpmpp-2m-clip": (ScheduleSpec(kind="linear"), SamplerSpec("dpmpp-2m", steps=12, spacing="trailing"), (-1.0, 1.0)),
+    "dpmpp-3m-karras": (ScheduleSpec(kind="cosine"), SamplerSpec("dpmpp-3m", steps=15, karras_sigmas=True), None),
+    "unipc-clip": (ScheduleSpec(kind="linear"), SamplerSpec("unipc", steps=10, spacing="linspace"), (-1.0, 1.0)),
+    "ipndm": (ScheduleSpec(kind="scaled_linear", beta_start=0.00085, beta_end=0.012),
+              SamplerSpec("ipndm", steps=20, spacing="trailing"), None),
 }
 
 
@@ -158,3 +164,16 @@ def test_cuda_device_without_cuda_is_backend_unavailable() -> None:
 
     with pytest.raises(BackendUnavailable, match="no CUDA device"):
         DeviceLoop(lambda x, t, out: None, "cuda")
+
+
+def test_multistep_ring_is_zeroed_between_runs() -> None:
+    """A second run on the same state (the ring holds the last run's outputs) gives the same sample."""
+    module = TinyDenoiser().eval()
+    plan = _plan("dpmpp-3m-karras")
+    x_init = np.random.default_rng(2).standard_normal((2, *SHAPE), dtype=np.float32)
+    loop = DeviceLoop(_device_denoise(module), "cpu")
+    first = loop.sample(plan, x_init)
+    assert loop.state is not None and loop.state.ring is not None and loop.state.ring.shape[0] == plan.depth + 1
+    loop.state.ring.fill_(float("nan"))  # poison: a run that read unwritten slots unweighted-by-zero fails
+    np.testing.assert_array_equal(loop.sample(plan, x_init), first)
+    np.testing.assert_allclose(first, sample_loop(_host_model(module), plan, x_init), rtol=1e-5, atol=1e-5)

@@ -52,8 +52,10 @@ def digits(tmp_path_factory):
     b = load_bundle(root / "bundle")
     den = load_denoiser(b.onnx_path)
     out = {"bundle": b, "denoiser": den.SerializeToString(), "root": root}
-    for graph, sampler in (("loop", SamplerSpec("ddim", STEPS)), ("step", SamplerSpec("ddpm", STEPS))):
-        res = export_sampler_graph(den, b.manifest, b.spec, sampler, root / f"{graph}.onnx", graph)
+    for graph, sampler in (("loop", SamplerSpec("ddim", STEPS)), ("step", SamplerSpec("ddpm", STEPS)),
+                           ("ms-loop", SamplerSpec("unipc", STEPS)), ("ms-step", SamplerSpec("dpmpp-3m", STEPS))):
+        kind = graph.removeprefix("ms-")
+        res = export_sampler_graph(den, b.manifest, b.spec, sampler, root / f"{graph}.onnx", kind)
         out[graph] = res
     rng = np.random.default_rng(7)
     shape = b.spec.sample_shape
@@ -69,17 +71,17 @@ def _node(host: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def _sample(host: Path, digits, graph: str, out: Path, *extra: str) -> np.ndarray:
     root = digits["root"]
     args = ["--model", str(root / f"{graph}.onnx"), "--x-init", str(root / "x_init.npy"), "--out", str(out)]
-    if graph == "step":
+    if graph.endswith("step"):
         args += ["--noise", str(root / "noise.npy")]
     proc = _node(host, *args, *extra)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["graph"] == graph and summary["batch"] == BATCH
+    assert summary["graph"] == graph.removeprefix("ms-") and summary["batch"] == BATCH
     return np.load(out)
 
 
 @pytest.mark.parametrize("level", ["basic", "all"])
-@pytest.mark.parametrize("graph", ["loop", "step"])
+@pytest.mark.parametrize("graph", ["loop", "step", "ms-loop", "ms-step"])
 def test_node_samples_equal_python_ort_loop(node_host, digits, tmp_path, graph, level):
     root = digits["root"]
     x_init, noise = np.load(root / "x_init.npy"), np.load(root / "noise.npy")
@@ -137,3 +139,10 @@ def test_node_refuses_bad_input(node_host, digits, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, proc.stderr)
     assert not (tmp_path / "never.npy").exists()
 
+
+
+def test_node_multistep_step_graph_cannot_resume(node_host, digits, tmp_path):
+    """A multistep step graph's history lives inside one run: --start > 0 is refused."""
+    proc = _node(node_host, "--model", str(digits["root"] / "ms-step.onnx"), "--x-init",
+                 str(digits["root"] / "x_init.npy"), "--start", "3", "--out", str(tmp_path / "o.npy"))
+    assert proc.returncode == 2 and "carries a history of past outputs" in proc.stderr, proc.stderr

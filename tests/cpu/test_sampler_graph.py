@@ -204,3 +204,53 @@ def test_cli_bad_bundle_and_out(tmp_path):
     SE.export_sampler_graph(tiny_denoiser((2,)), MANIFEST, VECTOR, SamplerSpec("ddim", 3), tmp_path / "g.onnx")
     proc = run_cli("export-sampler", str(tmp_path / "g.onnx"), "--out", str(tmp_path / "s.onnx"))
     assert_one_line_error(proc, "already a sampler graph")
+
+
+MULTISTEP_CASES = [(s, spec) for s in ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm")
+                   for spec in ((VECTOR,) if s == "ipndm" else (IMAGE, VECTOR))]  # ipndm does not clip
+
+
+@pytest.mark.parametrize("graph", ["step", "loop"])
+@pytest.mark.parametrize("name,spec", MULTISTEP_CASES,
+                         ids=[f"{s}-{'image-clip' if sp is IMAGE else 'vector'}" for s, sp in MULTISTEP_CASES])
+def test_multistep_fused_graphs_match_python_loop(tmp_path, rng, name, spec, graph):
+    """History as step-graph inputs/outputs, or as Loop-carried state: same samples as the host ring."""
+    den = tiny_denoiser(spec.sample_shape, seed=5)
+    res = SE.export_sampler_graph(den, MANIFEST, spec, SamplerSpec(name, 9, "trailing"), tmp_path / "m.onnx", graph)
+    assert res.plan.depth > 0 and res.max_abs_diff <= SE.TOLERANCE
+    x = rng.standard_normal((3, *spec.sample_shape), dtype=np.float32)
+    z = np.zeros((res.plan.steps, *x.shape), np.float32)
+    fused = _run_file(tmp_path / "m.onnx", graph, res.plan, x, z)
+    ref = SE.reference_loop(den.SerializeToString(), res.plan, x, z)
+    assert np.max(np.abs(fused - ref)) <= 1e-5
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    H = res.plan.depth
+    if graph == "step":
+        assert [i.name for i in model.graph.input] == ["x", "step", "noise", *(f"hist_{j}" for j in range(1, H + 1))]
+        assert [o.name for o in model.graph.output] == ["x_prev", *(f"hist_{j}_next" for j in range(1, H + 1))]
+        desc = json.loads({p.key: p.value for p in model.metadata_props}[SE.SAMPLER_KEY])
+        assert desc["history"]["depth"] == H
+        assert desc["history"]["carry"] == [{"output": f"hist_{j}_next", "input": f"hist_{j}", "init": "zeros"}
+                                            for j in range(1, H + 1)]
+        assert [i["name"] for i in desc["inputs"]] == [i.name for i in model.graph.input]
+        assert [o["name"] for o in desc["outputs"]] == [o.name for o in model.graph.output]
+    else:
+        assert [i.name for i in model.graph.input] == ["x_init"] and [o.name for o in model.graph.output] == ["x_0"]
+        loop = next(n for n in model.graph.node if n.op_type == "Loop")
+        assert len(loop.input) == 3 + H  # trip count, cond, x_init, then the H history buffers
+
+
+def test_multistep_history_is_used_by_the_step_graph(tmp_path, rng):
+    """Feeding zeros as history instead of the previous outputs changes the sample."""
+    den = tiny_denoiser(VECTOR.sample_shape, seed=5)
+    res = SE.export_sampler_graph(den, MANIFEST, VECTOR, SamplerSpec("dpmpp-3m", 9, "trailing"), tmp_path / "m.onnx",
+                                  "step")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x0 = rng.standard_normal((3, *VECTOR.sample_shape), dtype=np.float32)
+    x = x0
+    zeros = np.zeros_like(x0)
+    for i in range(res.plan.steps):
+        x = sess.run(["x_prev"], {"x": x, "step": np.array(i, np.int64), "noise": zeros,
+                                  "hist_1": zeros, "hist_2": zeros})[0]
+    good = _run_file(tmp_path / "m.onnx", "step", res.plan, x0, np.zeros((9, *x0.shape), np.float32))
+    assert np.max(np.abs(x - good)) > 1e-3

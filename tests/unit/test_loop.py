@@ -164,3 +164,66 @@ def test_loop_allocates_nothing_per_step(stochastic: bool) -> None:
     # numpy's buffers are traced: the running x, z, tmp and x0 (clip) are there, once each
     assert 4 * sample <= short < 5 * sample, f"{short} bytes is not 4 sample buffers + a little"
     assert abs(long - short) < 512, f"peak went from {short} to {long} bytes over 990 more steps"
+
+
+# --- multistep plans: history ring ------------------------------------------------------
+
+
+def _reference_with_history(plan: SamplingPlan, x: np.ndarray) -> np.ndarray:
+    """plan.py's multistep update in float64, with the past d's in a plain list."""
+    x = x.astype(np.float64)
+    ds: list[np.ndarray] = []
+    for i in range(plan.steps):
+        t = np.full(x.shape[0], plan.timesteps[i], dtype=np.float32)
+        out = _model(x.astype(np.float32), t).astype(np.float64)
+        d = plan.cx[i] * x + plan.co[i] * out
+        if plan.clip is not None:
+            d = np.clip(d, *plan.clip)
+        new = plan.a[i] * x + plan.b[i] * out + plan.p0[i] * d
+        for j in range(1, plan.depth + 1):
+            if i - j >= 0:
+                new += plan.hist[i, j - 1] * ds[i - j]
+        ds.append(d)
+        x = new
+    return x
+
+
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)])
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-3m", "unipc", "ipndm"])
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
+def test_loop_applies_the_history_update(sampler: str, pred: str, clip, rng) -> None:
+    if clip is not None and sampler == "ipndm":
+        pytest.skip("ipndm refuses clip")
+    plan = build_plan(LINEAR, pred, SamplerSpec(sampler, 12, "trailing"), clip)
+    x_T = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    got = sample_loop(_model, plan, x_T)
+    want = _reference_with_history(plan, x_T)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    # and the history matters: dropping it changes the result
+    from dataclasses import replace
+
+    no_hist = replace(plan, hist=np.zeros_like(plan.hist))
+    assert not np.allclose(sample_loop(_model, no_hist, x_T), got, atol=1e-3)
+
+
+def _peak_multistep_memory(sampler: str, steps: int) -> int:
+    schedule = ScheduleSpec("cosine")
+    plan = build_plan(schedule, "epsilon", SamplerSpec(sampler, steps, "trailing"))
+    x_T = np.ones((4, 1, 16, 16), np.float32)
+    buf = np.full_like(x_T, 0.1)
+    sample_loop(lambda x, t: buf, plan, x_T)  # warm caches (and plan.ring_slots, made once)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        sample_loop(lambda x, t: buf, plan, x_T)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - base
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-3m", "unipc", "ipndm"])
+def test_history_loop_allocates_nothing_per_step(sampler: str) -> None:
+    short = _peak_multistep_memory(sampler, 10)
+    long = _peak_multistep_memory(sampler, 1000)
+    assert abs(long - short) < 512, f"{sampler}: peak went from {short} to {long} bytes over 990 more steps"
