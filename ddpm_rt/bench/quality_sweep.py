@@ -61,10 +61,11 @@ def quality_sweep(model: str, config: SweepConfig = SweepConfig(),
                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Sample, time and score every (sampler, steps) cell; a JSON-able table plus a summary."""
     from ddpm_rt.bench.machine import environment, load_average
+    from ddpm_rt.prepare import open_for
     from ddpm_rt.quality.report import quality_report, resolve_dataset
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend
+    from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.sources import resolve_source
 
     src = resolve_source(model)
     spec = src.spec
@@ -79,7 +80,7 @@ def quality_sweep(model: str, config: SweepConfig = SweepConfig(),
     lo, hi = spec.data_range
     load_before = load_average()
     rows = []
-    with open_backend("ort", src, config.batch, BackendOptions(threads=config.threads)) as backend:
+    with open_for("ort", src, config.batch, BackendOptions(threads=config.threads)) as backend:
         # warm-up: one batch through the first plan (session, allocator, kernels)
         backend.sample(_plan(spec, *cells[0], config.spacing), x_T[: config.batch])
         for sampler, n_steps in cells:
@@ -132,9 +133,10 @@ def retime(result: dict[str, Any], rounds: int = 3, batch: int | None = None,
     ``speedup_interleaved`` to the summary; returns `result`, updated in place.
     """
     from ddpm_rt.bench.machine import load_average
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend
+    from ddpm_rt.prepare import open_for
+    from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
-    from ddpm_rt.source import resolve_source
+    from ddpm_rt.sources import resolve_source
 
     config = result["config"]
     b = batch or config["batch"]
@@ -145,7 +147,7 @@ def retime(result: dict[str, Any], rounds: int = 3, batch: int | None = None,
     plans = [_plan(spec, r["sampler"], r["steps"], config["spacing"]) for r in rows]
     times: list[list[float]] = [[] for _ in rows]
     load_before = load_average()
-    with open_backend("ort", src, b, BackendOptions(threads=config["threads"])) as backend:
+    with open_for("ort", src, b, BackendOptions(threads=config["threads"])) as backend:
         backend.sample(plans[0], x_T)  # warm-up
         for k in range(rounds):
             for plan, t in zip(plans, times, strict=True):

@@ -58,6 +58,7 @@ def describe(path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "data_range": spec.get("data_range"),
         "clip": spec.get("clip"),
         "sampler_defaults": spec.get("sampler_defaults"),
+        "recommended": m.get("recommended"),
         "io": io,
         "graph": {**graph, "file_bytes": bundle.onnx_path.stat().st_size},
         "parity": m.get("parity"),
@@ -89,6 +90,8 @@ def format_text(d: dict[str, Any]) -> str:
     ]
     if d["sampler_defaults"]:
         lines.append(f"sampler   defaults {d['sampler_defaults']}")
+    if d.get("recommended"):
+        lines.append(f"recommends {d['recommended']['sampler']}, {d['recommended']['steps']} steps")
     lines.append("graph I/O")
     for name, io in d["io"].items():
         lines.append(f"  {io['kind']:<6} {name:<4} {io['dtype']:<8} {io['shape']}")

@@ -19,11 +19,13 @@ def export_sampler(
                        "`ddpm-rt train` checkpoint is exported to a bundle first."),
     ],
     out: Annotated[Path, typer.Option(help="Output .onnx file (written atomically).")],
-    sampler: Annotated[str | None, typer.Option(help="ddim | ddpm (VP models), direct (interp), geometric (alpha-power).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Number of reverse steps (default: 50, or the model's own count).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="VP models: unipc (default), dpmpp-2m, dpmpp-3m, ipndm, ddim, ddpm; interp: direct; alpha-power: geometric.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Number of reverse steps (default: the model's own, e.g. 15 for unipc).")] = None,
     eta: Annotated[float | None, typer.Option(help="DDIM eta: 0 deterministic (full-loop graph possible), > 0 stochastic.")] = None,
     spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
     step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling.")] = None,
+    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="dpmpp-2m/dpmpp-3m/unipc: Karras noise levels.")] = None,
+    lower_order_final: Annotated[bool | None, typer.Option("--lower-order-final/--no-lower-order-final", help="Multistep solvers: lower order on the last steps of short runs (default on).")] = None,
     graph: Annotated[str, typer.Option(help="step: one step per Run (host loops, any sampler); loop: all steps "
                                        "in one Run via an ONNX Loop (deterministic samplers); auto: loop when "
                                        "deterministic.")] = "auto",
@@ -46,7 +48,8 @@ def export_sampler(
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     b = bundle_for(src)
-    sampler_spec = b.spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
+    sampler_spec = b.spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
+                                  karras_sigmas=karras, lower_order_final=lower_order_final)
     result = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler_spec, out, graph)
     typer.echo(
         f"wrote {result.graph} graph {out} ({sampler_spec.sampler}, {result.plan.steps} steps, "

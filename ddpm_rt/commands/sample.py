@@ -22,11 +22,13 @@ def sample(
         typer.Argument(help="Built-in model name, bundle, `ddpm-rt train` checkpoint dir or diffusers folder. "
                        "Default: the shipped digits model."),
     ] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Number of reverse steps (default: 50, or the model's own count).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddpm | ddim (VP models), direct (interp), geometric (alpha-power).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Number of reverse steps (default: the model's own, e.g. 15 for unipc).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="VP models: unipc (default), dpmpp-2m, dpmpp-3m, ipndm, ddim, ddpm; interp: direct; alpha-power: geometric.")] = None,
     eta: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="DDIM eta: 0 deterministic, 1 DDPM-like.")] = None,
     spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
     step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling (the model's default is measured best).")] = None,
+    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="dpmpp-2m/dpmpp-3m/unipc: Karras noise levels.")] = None,
+    lower_order_final: Annotated[bool | None, typer.Option("--lower-order-final/--no-lower-order-final", help="Multistep solvers: lower order on the last steps of short runs (default on).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="How many samples.")] = 64,
     chunk: Annotated[int | None, typer.Option(min=1, help="At most this many samples run at once; larger batches "
                                               "run in chunks, one after another, and the peak memory is reported "
@@ -78,7 +80,8 @@ def sample(
     spec = src.spec
     chunk = min(batch, chunk or (64 if spec.is_image else 4096))
     check_memory(spec, batch, chunk, out)
-    sampler_spec = spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
+    sampler_spec = spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
+                                karras_sigmas=karras, lower_order_final=lower_order_final)
     plan = spec.plan(sampler_spec)
     choice = choose_backend(backend, src, log=lambda m: typer.echo(m, err=True))
     name = choice.name

@@ -192,6 +192,9 @@ def export_bundle(
                 del ort16
         if notes:
             extra_manifest = {**(extra_manifest or {}), "notes": notes}
+        recommended = spec.sampler()  # the model's default sampler and step count (plan.default_sampler)
+        extra_manifest = {"recommended": {"sampler": recommended.sampler, "steps": recommended.steps},
+                          **(extra_manifest or {})}
         manifest = build_manifest(
             source=src.manifest_entry, spec=spec.to_dict(), io=contract.to_dict(spec.sample_shape),
             opset=contract.opset, precision=options.precision, graph=graph, parity=parity,

@@ -20,6 +20,7 @@ def plan_description(plan: SamplingPlan) -> dict[str, Any]:
         "steps": plan.steps,
         "clip": None if plan.clip is None else list(plan.clip),
         "table_sha256": hashlib.sha256(plan.table().tobytes()).hexdigest(),
+        "hist_sha256": hashlib.sha256(plan.hist.tobytes()).hexdigest(),
     }
 
 

@@ -42,8 +42,7 @@ def node_host() -> Path:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """The digits bundle (shipped weights, or the untrained U-Net) and its two sampler graphs."""
-    from ddpm_rt.exporter.bundle import load_bundle
-
+    from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.exporter.sampler_export import export_sampler_graph, load_denoiser
 
     root = tmp_path_factory.mktemp("digits")

@@ -10,7 +10,7 @@ import pytest
 
 from ddpm_rt.errors import ConfigError, DdpmRtError
 from ddpm_rt.shards import LocalExecutor, ShardStore, run_shards
-from tests.cpu.test_shards import export_tiny_bundle, job_for, read_all
+from tests.helpers.shards import export_tiny_bundle, job_for, read_all
 
 ray = pytest.importorskip("ray")
 

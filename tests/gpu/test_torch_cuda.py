@@ -12,7 +12,7 @@ import torch
 
 from ddpm_rt.gpu.device_loop import DeviceLoop
 from ddpm_rt.runtime.loop import sample_loop
-from tests.cpu.test_device_loop_cpu import (
+from tests.helpers.device_loop import (
     PLANS,
     SHAPE,
     TinyDenoiser,
