@@ -330,10 +330,21 @@ VP_DEFAULT = ("unipc", 15)
 DEFAULT_FOR_FAMILY = {"vp": VP_DEFAULT[0], "interp": "direct", "alpha_power": "geometric"}
 
 
-def default_sampler(schedule: ScheduleSpec, steps: int | None = None, **overrides) -> SamplerSpec:
-    """A sensible SamplerSpec for a schedule family (unipc-min(15, T) / direct-T / geometric-T)."""
-    name = DEFAULT_FOR_FAMILY[schedule.family]
+def default_sampler(schedule: ScheduleSpec, steps: int | None = None, sampler: str | None = None,
+                    **overrides) -> SamplerSpec:
+    """A sensible SamplerSpec for a schedule family: unipc-min(15, T) / direct-T / geometric-T.
+
+    VP models: unipc, or `sampler` when the model names one (ddim/ddpm default to min(50, T)
+    steps, multistep solvers to min(15, T)); unipc falls back to ddim when N > T // 2, where
+    multistep timesteps would repeat.
+    """
+    name = sampler or DEFAULT_FOR_FAMILY[schedule.family]
+    T = schedule.num_train_timesteps
     if steps is None:
-        T = schedule.num_train_timesteps
-        steps = min(VP_DEFAULT[1], T) if schedule.family == "vp" else T  # never more steps than trained
+        if schedule.family != "vp":
+            steps = T
+        else:  # never more steps than trained
+            steps = min(VP_DEFAULT[1] if name in multistep.MULTISTEP else 50, T)
+    if sampler is None and name == VP_DEFAULT[0] and steps > T // 2:
+        name = "ddim"
     return replace(SamplerSpec(sampler=name, steps=steps), **overrides)

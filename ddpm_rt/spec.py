@@ -54,10 +54,7 @@ class DiffusionSpec:
                 f"unknown sampler setting(s) {', '.join(unknown)}; "
                 f"allowed: {', '.join(f.name for f in fields(SamplerSpec))}"
             )
-        base = default_sampler(self.schedule, steps)
-        if name is not None:
-            base = replace(base, sampler=name)
-        return replace(base, **merged)
+        return replace(default_sampler(self.schedule, steps, name), **merged)
 
     def plan(self, sampler: SamplerSpec) -> SamplingPlan:
         return build_plan(self.schedule, self.prediction_type, sampler, self.clip)

@@ -156,7 +156,7 @@ def test_ddim_pipeline_suite_on_a_tiny_diffusers_unet(tmp_path):
     write_manifest(export(module, (3, 8, 8), tmp_path / "unet"), spec)
     src = ModelSource(SourceKind.MODULE, "test:tiny-unet", spec, weights_key(module), bundle=tmp_path / "unet",
                       load_module=lambda: module)
-    plan = spec.plan(spec.sampler(8))
+    plan = spec.plan(spec.sampler(8, sampler="ddim"))
     res = run_pipeline_suite(src, plan, BenchConfig(warmup=0, repeat=1, threads=1))
     rows = {r["runner"]: r for r in res["results"]}
     assert set(rows) == {"diffusers-ddim-pipeline", "torch", "ort"}

@@ -199,7 +199,12 @@ def test_bad_plans_raise_config_error(schedule, pred, sampler, clip, match: str)
 
 
 def test_default_sampler_per_family() -> None:
-    assert default_sampler(COSINE) == SamplerSpec("ddim", 50)
+    assert default_sampler(COSINE) == SamplerSpec("unipc", 15)  # measured: see plan.VP_DEFAULT
+    assert default_sampler(COSINE, 10) == SamplerSpec("unipc", 10)
+    assert default_sampler(COSINE, sampler="ddim") == SamplerSpec("ddim", 50)
+    small = ScheduleSpec("cosine", num_train_timesteps=40)
+    assert default_sampler(small, 40) == SamplerSpec("ddim", 40)  # unipc would repeat timesteps near N = T
+    assert default_sampler(small) == SamplerSpec("unipc", 15)
     assert default_sampler(ScheduleSpec("interp", num_train_timesteps=16)) == SamplerSpec("direct", 16)
     power = ScheduleSpec("alpha_power", num_train_timesteps=500)
     assert default_sampler(power, step_scale=1.5) == SamplerSpec("geometric", 500, step_scale=1.5)
@@ -259,7 +264,7 @@ def test_malformed_diffusion_spec_raises_config_error(mutate, match: str) -> Non
 
 def test_default_sampler_never_exceeds_training_steps() -> None:
     short = ScheduleSpec("linear", num_train_timesteps=20)
-    assert default_sampler(short) == SamplerSpec("ddim", 20)
+    assert default_sampler(short) == SamplerSpec("ddim", 15)  # 15 > 20 // 2: unipc would repeat timesteps
     build_plan(short, "epsilon", default_sampler(short))  # valid as is
 
 
