@@ -17,7 +17,7 @@ ONNX_FILE = "denoiser.onnx"
 MANIFEST_FILE = "ddpm_rt.json"
 METADATA_KEY = "ddpm_rt"
 SOURCE_KINDS = ("builtin", "checkpoint", "diffusers", "module")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def build_manifest(

@@ -1,0 +1,260 @@
+"""OpenVINO backend (CPU): the bundle's ``denoiser.onnx`` compiled once, run on shared numpy buffers.
+
+Why `openvino` and not ONNX Runtime's OpenVINO plugin EP: the plugin does not see in-place
+updates of IO-bound inputs, which the host loop relies on (benchmarks/results/openvino_probe.md).
+
+* Compiled for a static batch (``model.reshape``) with explicit ``INFERENCE_NUM_THREADS``,
+  ``INFERENCE_PRECISION_HINT`` (f32 | bf16 | f16), the latency hint and one stream.
+* OpenVINO's own model cache (``CACHE_DIR``) lives in ``openvino_cache/<key>`` beside the bundle
+  (else the user cache, as the ORT graph cache does); the key covers the bundle's sha256, the
+  batch, precision, device and OpenVINO version, so any change compiles afresh into a new slot.
+* ``x``, ``t`` and ``out`` are ``ov.Tensor`` views of numpy arrays (``shared_memory=True``), set
+  on the infer request once: the loop's own x and t *are* the inputs and the model writes straight
+  into a preallocated output, so a step is one ``start_async``/``wait`` and allocates nothing
+  (tests/cpu/test_openvino_backend.py).
+* ``int8`` runs a quantized bundle (``ddpm_rt.exporter.int8``): OpenVINO executes its QDQ nodes in
+  int8 and the rest at f32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
+from ddpm_rt.precision import Precision, check_supported
+from ddpm_rt.runtime import ort_cache
+from ddpm_rt.runtime.backend import Backend, BackendOptions
+
+if TYPE_CHECKING:
+    from ddpm_rt.exporter.bundle import Bundle
+
+INSTALL_HINT = "pip install 'ddpm-rt[openvino]'"
+CACHE_SUBDIR = "openvino_cache"
+CACHE_FORMAT = 1
+DEVICE = "CPU"
+SUPPORTED = (Precision.FP32, Precision.BF16, Precision.FP16, Precision.INT8)
+# precision -> (INFERENCE_PRECISION_HINT, the OPTIMIZATION_CAPABILITIES entry it needs)
+_HINTS: dict[Precision, tuple[str, str | None]] = {
+    Precision.FP32: ("f32", None),
+    Precision.BF16: ("bf16", "BF16"),
+    Precision.FP16: ("f16", "FP16"),
+    Precision.INT8: ("f32", "INT8"),  # QDQ nodes run in int8, everything else in f32
+}
+
+
+def _import_ov() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailable(f"openvino is not installed: {INSTALL_HINT}") from None
+    return openvino
+
+
+def cache_dir_for(onnx_path: Path, override: str | Path | None = None) -> Path:
+    """`override`/openvino_cache, else beside the bundle, else the user cache (as for ORT's cache)."""
+    if override is not None:
+        return Path(override) / CACHE_SUBDIR
+    beside = onnx_path.parent / CACHE_SUBDIR
+    if ort_cache._writable_dir(beside):
+        return beside
+    return ort_cache.default_cache_root() / CACHE_SUBDIR
+
+
+def cache_fields(bundle_sha256: str, batch: int, precision: Precision, ov_version: str) -> dict[str, Any]:
+    """What a compiled model depends on besides the CPU (OpenVINO checks that part itself)."""
+    return {"format": CACHE_FORMAT, "bundle_sha256": bundle_sha256, "batch": batch,
+            "precision": precision.value, "device": DEVICE, "openvino": ov_version}
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _bundle_sha256(bundle: Bundle) -> str:
+    return bundle.manifest.get("onnx_sha256") or ort_cache.file_sha256(bundle.onnx_path)
+
+
+def _io_names(bundle: Bundle) -> tuple[str, str, str]:
+    io = bundle.manifest.get("io") or {}
+    try:
+        return io["inputs"][0]["name"], io["inputs"][1]["name"], io["outputs"][0]["name"]
+    except (KeyError, IndexError, TypeError):
+        return "x", "t", "out"
+
+
+def _as_bundle(bundle: Any, options: BackendOptions) -> Bundle:
+    """Transitional: accept today's ModelSource (the registry still passes one) as well as a Bundle."""
+    if hasattr(bundle, "onnx_path") and hasattr(bundle, "manifest"):
+        return bundle
+    from ddpm_rt.exporter.bundle import load_bundle
+
+    return load_bundle(Path(bundle.bundle_dir(Path(options.cache_dir) if options.cache_dir else None)))
+
+
+def check_precision(precision: str | Precision, bundle_precision: str, capabilities: list[str]) -> Precision:
+    """The precision to compile at, checked against this CPU, OpenVINO's device and the bundle."""
+    wanted = check_supported(precision, OpenVinoBackend.name, SUPPORTED)
+    is_int8 = bundle_precision == Precision.INT8.value
+    if (wanted is Precision.INT8) != is_int8:
+        raise ConfigError(
+            f"--precision {wanted} needs {'an int8' if wanted is Precision.INT8 else 'a float'} bundle, "
+            f"this bundle is {bundle_precision}; "
+            + ("make one with ddpm_rt.exporter.int8.quantize_bundle" if not is_int8
+               else "open it with --precision int8")
+        )
+    need = _HINTS[wanted][1]
+    if need is not None and need not in capabilities:
+        have = [p.value for p, (_, cap) in _HINTS.items() if cap is None or cap in capabilities]
+        raise ConfigError(
+            f"OpenVINO's CPU plugin cannot run --precision {wanted} on this CPU "
+            f"(it reports {', '.join(capabilities)}); available: {', '.join(have)}"
+        )
+    return wanted
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO on CPU, static batch, inputs and output shared with numpy arrays."""
+
+    name = "openvino"
+    device = "cpu"
+
+    def __init__(self, request: Any, names: tuple[str, str, str], batch: int,
+                 sample_shape: tuple[int, ...], info: dict[str, Any]) -> None:
+        self._request = request
+        self.x_name, self.t_name, self.out_name = names
+        self.batch = batch
+        self.sample_shape = tuple(sample_shape)
+        self.info = info
+        from openvino._pyopenvino import InferRequest
+
+        # the C++ start_async with one empty input dict made once: the Python wrapper builds a new
+        # dict per call, which OpenVINO keeps alive for a while (tens of them, then released)
+        self._start_async = InferRequest.start_async
+        self._no_inputs: dict[str, Any] = {}
+        shape = (batch, *self.sample_shape)
+        self._x = np.zeros(shape, np.float32)  # (B, ...) used when a caller's x cannot be shared
+        self._t = np.zeros((batch,), np.float32)  # (B,)
+        self._out = np.zeros(shape, np.float32)  # (B, ...) the model writes here
+        self._set(self.out_name, self._out)
+        self._bound: tuple[np.ndarray, np.ndarray] | None = None
+        self._share(self._x, self._t)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            _import_ov()
+        except BackendUnavailable as e:
+            return str(e)
+        return None
+
+    @classmethod
+    def open(cls, bundle: Bundle, batch: int, options: BackendOptions) -> OpenVinoBackend:
+        ov = _import_ov()
+        if batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {batch}")
+        bundle = _as_bundle(bundle, options)
+        core = ov.Core()
+        capabilities = list(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
+        precision = check_precision(options.precision, bundle.manifest.get("precision", "fp32"), capabilities)
+        fields = cache_fields(_bundle_sha256(bundle), batch, precision, ov.__version__)
+        cache = cache_dir_for(bundle.onnx_path, options.cache_dir) / cache_key(fields)
+        status = "uncached"
+        if ort_cache._writable_dir(cache):
+            status = "hit" if any(cache.glob("*.blob")) else "built"
+            core.set_property({"CACHE_DIR": str(cache)})
+            meta = cache / "fields.json"
+            if not meta.is_file():
+                from ddpm_rt.fsutil import atomic_write_text
+
+                atomic_write_text(meta, json.dumps(fields, indent=2, sort_keys=True) + "\n")
+        x_name, t_name, out_name = _io_names(bundle)
+        sample_shape = tuple(bundle.spec.sample_shape)
+        try:
+            model = core.read_model(str(bundle.onnx_path))
+            model.reshape({x_name: [batch, *sample_shape], t_name: [batch]})
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped RuntimeErrors
+            raise BundleError(f"OpenVINO cannot read {bundle.onnx_path}: {str(e).splitlines()[0]}") from None
+        threads = int(options.threads or 0)  # 0 = OpenVINO's default (all usable cores)
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _HINTS[precision][0],
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        t0 = time.perf_counter()
+        compiled = core.compile_model(model, DEVICE, config)
+        info = {
+            "onnx": str(bundle.onnx_path), "cache_dir": str(cache), "model_cache": status,
+            "compile_s": round(time.perf_counter() - t0, 3), "precision": precision.value,
+            "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+            "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "device": DEVICE, "openvino": ov.__version__, "capabilities": capabilities,
+        }
+        be = cls(compiled.create_infer_request(), (x_name, t_name, out_name), batch, sample_shape, info)
+        be._check_io(compiled)
+        return be
+
+    def _check_io(self, compiled: Any) -> None:
+        inputs = {n for port in compiled.inputs for n in port.get_names()}
+        outputs = {n for port in compiled.outputs for n in port.get_names()}
+        if not {self.x_name, self.t_name} <= inputs or self.out_name not in outputs:
+            raise BundleError(
+                f"the denoiser graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected "
+                f"{self.x_name}, {self.t_name} -> {self.out_name} (re-export it with `ddpm-rt export`)"
+            )
+
+    # -- buffers ---------------------------------------------------------------------------
+
+    def _set(self, name: str, array: np.ndarray) -> None:
+        ov = _import_ov()
+        self._request.set_tensor(name, ov.Tensor(array, shared_memory=True))
+
+    def _share(self, x: np.ndarray, t: np.ndarray) -> None:
+        """Make `x` and `t` (full batch, float32, C-contiguous) the request's inputs, zero copy."""
+        self._set(self.x_name, x)
+        self._set(self.t_name, t)
+        self._bound = (x, t)  # holding them keeps the identity test in __call__ sound
+
+    def _shareable(self, x: np.ndarray, t: np.ndarray) -> bool:
+        return (x.shape[0] == self.batch and x.dtype == np.float32 and t.dtype == np.float32
+                and x.flags.c_contiguous and t.flags.c_contiguous and x.flags.writeable
+                and t.flags.writeable)
+
+    def _check_shape(self, x: np.ndarray, t: np.ndarray) -> None:
+        b = x.shape[0] if x.ndim else 0
+        if x.shape[1:] != self.sample_shape or not 1 <= b <= self.batch or t.shape != (b,):
+            raise ConfigError(
+                f"backend {self.name!r} was opened for x [<= {self.batch}, "
+                f"{', '.join(map(str, self.sample_shape))}] and t [B]; got x {list(x.shape)}, t {list(t.shape)}"
+            )
+
+    def _run(self) -> None:
+        self._start_async(self._request, self._no_inputs, None)  # infer() would build a result dict
+        self._request.wait()
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """out = f(x, t). The loop passes the same x and t arrays every step: shared once, then reused."""
+        bound = self._bound
+        if bound is not None and x is bound[0] and t is bound[1]:
+            self._run()
+            return self._out
+        self._check_shape(x, t)
+        if self._shareable(x, t):
+            self._share(x, t)
+            self._run()
+            return self._out
+        b = x.shape[0]  # a smaller batch or a foreign layout: copy into our own buffers
+        if self._bound is None or self._bound[0] is not self._x:
+            self._share(self._x, self._t)
+        np.copyto(self._x[:b], x, casting="same_kind")
+        np.copyto(self._t[:b], t, casting="same_kind")
+        self._run()
+        return self._out[:b]
+
+    def close(self) -> None:
+        self._bound = None
+        self._request = None
