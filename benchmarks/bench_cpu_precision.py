@@ -181,8 +181,8 @@ def torch_compile_row(args: argparse.Namespace, x_init: np.ndarray, ref: np.ndar
 def run_cifar(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from bench_cifar10_model import cifar10_source
-
     from ddpm_rt.exporter.bundle import load_bundle
+
     from ddpm_rt.exporter.int8 import Int8Options, quantize_bundle
 
     src, params = cifar10_source(0, args.trained_steps)
@@ -244,12 +244,13 @@ def run_cifar(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     from ddpm_rt.exporter.bundle import load_bundle
+    from ddpm_rt.source import resolve_source
+
     from ddpm_rt.exporter.int8 import Int8Options, quantize_bundle
     from ddpm_rt.quality.report import quality_report
     from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
     from ddpm_rt.runtime.selection import guard, open_candidate
-    from ddpm_rt.source import resolve_source
 
     out: dict[str, Any] = {}
     for model, n in (("digits", args.quality_n), ("swissroll", 2 * args.quality_n)):

@@ -118,8 +118,13 @@ def collect() -> dict[str, Any]:
     # auto never takes a GPU backend before its first-use parity probe passed here
     usable = [n for n in available_backends()
               if not REGISTRY[n].gpu or (backends[n].get("parity_probe") or {}).get("ok")]
+    from ddpm_rt.precision import cpu_capabilities
+
+    cpu = cpu_capabilities()
     return {
         "ddpm_rt": ddpm_rt.__version__,
+        "cpu": {"model": cpu.model, "isa": cpu.isa_class,
+                "precisions": [p.value for p in cpu.available()]},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "executable": sys.executable,
@@ -133,7 +138,10 @@ def collect() -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     """The report as aligned text lines."""
-    lines = [f"ddpm-rt {report['ddpm_rt']} · python {report['python']} · {report['platform']}"]
+    lines = [f"ddpm-rt {report['ddpm_rt']} · python {report['python']} · {report['platform']}",
+             f"cpu          {report['cpu']['model']} ({report['cpu']['isa']}; native precisions: "
+             f"{', '.join(report['cpu']['precisions'])}); `sample --backend auto` ranks the CPU candidates "
+             "that pass the quality guard by measured speed (see `ddpm-rt inspect BUNDLE`)"]
     t = report["torch"]
     if t["installed"]:
         cuda = f"CUDA build {t['cuda_build']}" if t["cuda_build"] else "CPU-only build"

@@ -64,10 +64,11 @@ _REFERENCE = "ort"  # the CPU backend every GPU backend is first checked against
 
 @dataclass(frozen=True)
 class Choice:
-    """The backend to open and why (shown by `sample`)."""
+    """The backend (and precision) to open and why (shown by `sample`)."""
 
     name: str
     reason: str
+    precision: str = "fp32"
 
 
 def _runnable(name: str, source: ModelSource) -> bool:
@@ -95,27 +96,78 @@ def _gpu_verdict(name: str, source: ModelSource, cache_dir: Path | None, log: Lo
 
 
 def choose_backend(name: str, source: ModelSource, cache_dir: Path | None = None,
-                   log: LogFn | None = None) -> Choice:
-    """An explicit name is checked and kept; `auto` takes the highest-ranked usable backend that
-    can run this source, skipping GPU backends that have not passed their first-use parity probe
-    on this machine (`ddpm_rt.gpu.probe`)."""
+                   log: LogFn | None = None, *, batch: int = 1, precision: str | None = None,
+                   threads: int | None = None, allow_inexact: bool = False) -> Choice:
+    """The backend and precision to run `source` with.
+
+    An explicit `name` is checked and kept; a reduced `precision` on a CPU backend must pass the
+    quality guard first (`runtime.selection`), unless `allow_inexact`. `auto` takes a GPU backend
+    only after its first-use parity probe passed here (`gpu.probe`); on the CPU it ranks the
+    guard-passing candidates by measured speed once per (bundle, batch, CPU, versions) and takes
+    the fastest — a reduced precision included, unless `precision` forces one.
+    """
+    from ddpm_rt.precision import Precision
+
+    wanted = None if precision is None else Precision.parse(precision)
     if name != "auto":
-        return Choice(check_backend(name), "asked for")
+        check_backend(name)
+        return _explicit(name, source, wanted or Precision.FP32, cache_dir, log, threads, allow_inexact)
     skipped: list[str] = []
+    cpu: list[str] = []
     for candidate in available_backends():
         if not _runnable(candidate, source):
             continue
-        if REGISTRY[candidate].gpu:
-            verdict = _gpu_verdict(candidate, source, cache_dir, log)
-            if not verdict.get("ok"):
-                failure = verdict.get("error") or f"rel. error {verdict.get('rel_rms', 0.0):.2g}"
-                skipped.append(f"{candidate} (failed its first-use parity probe here: {failure})")
-                continue
-        why = "fastest usable backend"
-        if skipped:
-            why += "; skipped " + ", ".join(skipped)
-        return Choice(candidate, why)
-    raise BackendUnavailable("no backend can run this model here; see `ddpm-rt doctor`")
+        if not REGISTRY[candidate].gpu:
+            cpu.append(candidate)
+            continue
+        if wanted not in (None, Precision.FP32):
+            continue
+        verdict = _gpu_verdict(candidate, source, cache_dir, log)
+        if verdict.get("ok"):
+            why = "fastest usable backend, its parity probe passed here"
+            return Choice(candidate, why + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+        failure = verdict.get("error") or f"rel. error {verdict.get('rel_rms', 0.0):.2g}"
+        skipped.append(f"{candidate} (failed its first-use parity probe here: {failure})")
+    if not cpu:
+        raise BackendUnavailable("no backend can run this model here; see `ddpm-rt doctor`")
+    note = f"; skipped {', '.join(skipped)}" if skipped else ""
+    bundle_backends = [c for c in cpu if REGISTRY[c].artifact == "bundle"]
+    if len(bundle_backends) < 2 and wanted in (None, Precision.FP32):
+        return Choice(cpu[0], "fastest usable backend" + note)
+    from ddpm_rt.runtime import selection
+
+    bundle = bundle_for(source, cache_dir, log)
+    if bundle.precision == Precision.INT8.value:  # a quantized bundle runs as int8 on whichever is faster
+        candidates = [selection.Candidate(b, Precision.INT8) for b in bundle_backends]
+    else:
+        candidates = [c for c in selection.default_candidates()
+                      if c.backend in bundle_backends and (wanted is None or c.precision is wanted)]
+    if not candidates:
+        raise BackendUnavailable(f"no CPU backend here runs --precision {wanted}; see `ddpm-rt doctor`")
+    if log is not None and len(candidates) > 1:
+        log("auto: ranking " + ", ".join(c.label for c in candidates) + " on this machine (cached after this run)")
+    ranking = selection.rank(bundle, batch, candidates, budget_s=RANK_BUDGET_S, threads=threads)
+    return Choice(ranking.backend, ranking.reason + note, ranking.precision)
+
+
+RANK_BUDGET_S = 2.0  # seconds of timed calls shared by the candidates, once per machine and batch
+
+
+def _explicit(name: str, source: ModelSource, precision: object, cache_dir: Path | None, log: LogFn | None,
+              threads: int | None, allow_inexact: bool) -> Choice:
+    """An explicit backend; a reduced precision on a CPU backend is guarded first."""
+    from ddpm_rt.precision import Precision
+
+    if precision is Precision.FP32 or REGISTRY[name].gpu or REGISTRY[name].artifact != "bundle":
+        return Choice(name, "asked for", precision.value)
+    bundle = bundle_for(source, cache_dir, log)
+    if bundle.precision == precision.value:  # e.g. an int8 bundle: it is what the user made
+        return Choice(name, f"asked for ({precision.value} bundle)", precision.value)
+    from ddpm_rt.runtime import selection
+
+    verdict = selection.guard(bundle, name, precision, threads=threads)
+    selection.require_ok(verdict, allow_inexact)
+    return Choice(name, f"asked for; quality guard: {verdict.summary()}", precision.value)
 
 
 def artifact_for(name: str, source: ModelSource, cache_dir: Path | None = None,

@@ -102,6 +102,8 @@ def format_text(d: dict[str, Any]) -> str:
         f"{_human(g['file_bytes'], 'B')} file, {_human(macs, 'MAC')} per sample "
         f"(~{_human(None if macs is None else 2 * macs, 'FLOP')})"
     )
+    for line in d.get("quality_guard") or []:
+        lines.append(f"guard     {line}")
     p = d["parity"]
     if p is None:
         lines.append("parity    not verified (exported with --no-verify)")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ddpm_rt.precision import Precision
+
 FORMAT = "ddpm-rt-bundle"
 FORMAT_VERSION = 1
 EXPORTER_VERSION = "1"  # bump when the exported graph changes for the same weights (invalidates caches)
@@ -17,7 +19,7 @@ ONNX_FILE = "denoiser.onnx"
 MANIFEST_FILE = "ddpm_rt.json"
 METADATA_KEY = "ddpm_rt"
 SOURCE_KINDS = ("builtin", "checkpoint", "diffusers", "module")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 def build_manifest(

@@ -30,7 +30,8 @@ def export(
     prediction_type: Annotated[str | None, typer.Option(help="epsilon | sample | v_prediction | next_sample (default epsilon).")] = None,
     sample_shape: Annotated[str | None, typer.Option(help="One sample's shape: C,H,W or D (needed with --model).")] = None,
     clip: Annotated[str | None, typer.Option(help="Clip of x0^ while sampling: LO,HI or R (= -R,R) or none.")] = None,
-    precision: Annotated[str, typer.Option(help="Graph precision: fp32 | fp16 (I/O stays float32).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="Graph precision: fp32 | fp16 | int8 (static QDQ, calibrated on the "
+                                           "model's own sampling trajectories; I/O stays float32).")] = "fp32",
     opset: Annotated[int, typer.Option(help="ONNX opset (17..21).")] = 17,
     verify: Annotated[bool, typer.Option(help="Check the graph against eager PyTorch (--no-verify skips).")] = True,
     tolerance: Annotated[float | None, typer.Option(help="Max-abs single-call error allowed (default 1e-4 fp32, 5e-2 fp16).")] = None,
@@ -42,13 +43,17 @@ def export(
     from ddpm_rt.sources import resolve_export_source
     from ddpm_rt.sources.flags import ScheduleFlags
 
-    options = ExportOptions(precision=precision, opset=opset, verify=verify, tolerance=tolerance,
-                            trajectory_steps=trajectory_steps)
     given = {k: v for k, v in {
         "schedule": schedule, "num_train_timesteps": num_train_timesteps, "beta_start": beta_start,
         "beta_end": beta_end, "alpha": alpha, "prediction_type": prediction_type,
         "sample_shape": sample_shape, "clip": clip,
     }.items() if v is not None}
+    if precision == "int8":
+        _export_int8(source, out, model, weights, given, allow_pickle, opset, json_out)
+        return
+    options = ExportOptions(precision=precision, opset=opset, verify=verify, tolerance=tolerance,
+                            trajectory_steps=trajectory_steps)
+
     src = resolve_export_source(source, model=model, weights=weights,
                                 flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle)
     for note in src.notes:
@@ -65,3 +70,34 @@ def export(
         traj = ", ".join(f"{k} trajectory max-abs {v['max_abs']:.3g}" for k, v in parity["trajectory"].items())
         typer.echo(f"wrote {out} ({options.precision}; max-abs {parity['max_abs']:.3g} vs eager"
                    f"{'; ' + traj if traj else ''})")
+
+
+def _export_int8(source: str | None, out: Path, model: str | None, weights: Path | None, given: dict,
+                 allow_pickle: bool, opset: int, json_out: bool) -> None:
+    """fp32 bundle into a temporary sibling, then its int8 QDQ variant into `out` (exporter.int8)."""
+    import shutil
+    import tempfile
+
+    from ddpm_rt.exporter.export import ExportOptions, check_out_dir, export_bundle, stderr_status
+    from ddpm_rt.exporter.int8 import quantize_bundle
+    from ddpm_rt.sources import resolve_export_source
+    from ddpm_rt.sources.flags import ScheduleFlags
+
+    check_out_dir(out)
+    src = resolve_export_source(source, model=model, weights=weights,
+                                flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{__import__('os').getpid()}.fp32.", suffix=".tmp",
+                                dir=out.parent))
+    try:
+        export_bundle(src, tmp / "fp32", ExportOptions(opset=opset, trajectory_steps=0), status=stderr_status)
+        stderr_status("quantizing to int8 (calibrating on the model's own DDIM trajectories)")
+        manifest = quantize_bundle(tmp / "fp32", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if json_out:
+        json.dump(manifest, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        typer.echo(f"wrote {out} (int8 QDQ; parent fp32 graph {manifest['parent']['onnx_sha256'][:12]}…; "
+                   "check it with `ddpm-rt sample BUNDLE` and `ddpm-rt inspect BUNDLE`)")

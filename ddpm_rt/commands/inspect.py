@@ -16,8 +16,12 @@ def inspect(
 ) -> None:
     """Print a bundle's manifest summary, graph I/O, size, FLOPs and verification figures."""
     from ddpm_rt.bundle.inspect import describe, format_text
+    from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.runtime.selection import cached_verdicts
 
-    info = describe(bundle)
+    verdicts = [v.summary() + (" — passed" if v.ok else " — REFUSED")
+                for v in cached_verdicts(load_bundle(bundle))]
+    info = describe(bundle, extra={"quality_guard": verdicts})
     if json_out:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -13,8 +13,6 @@ import typer
 
 from ddpm_rt.runtime.backend import BACKEND_NAMES
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-
 
 def sample(
     source: Annotated[
@@ -36,7 +34,9 @@ def sample(
     seed: Annotated[int, typer.Option(min=0, help="Random seed for the initial and per-step noise.")] = 0,
     backend: Annotated[str, typer.Option(help=f"One of {', '.join(BACKEND_NAMES)}.")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the backend.")] = None,
-    precision: Annotated[str, typer.Option(help="GPU backends: fp32 | fp16 | bf16.")] = "fp32",
+    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 | int8. Default: fp32, or with --backend "
+                                                  "auto whatever passed the quality guard and measured fastest here.")] = None,
+    allow_inexact: Annotated[bool, typer.Option(help="Run a reduced precision even if it fails the quality guard.")] = False,
     cuda_graph: Annotated[bool, typer.Option(help="GPU backends: capture the whole loop in one CUDA graph.")] = True,
     allow_nonfinite: Annotated[bool, typer.Option(help="Write the samples even if they contain NaN/inf.")] = False,
     out: Annotated[Path, typer.Option(help="Output file: .png (grid or scatter) or .npy (raw [B, ...]); with --num, "
@@ -57,8 +57,8 @@ def sample(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Sample from a denoiser with a fixed-schedule reverse loop and write the result."""
-    from ddpm_rt.errors import ConfigError
     from ddpm_rt.output import check_memory, check_output_path, save_samples
+    from ddpm_rt.precision import Precision
     from ddpm_rt.prepare import choose_backend, open_for
     from ddpm_rt.progress import Progress
     from ddpm_rt.runtime.backend import BackendOptions
@@ -66,12 +66,12 @@ def sample(
     from ddpm_rt.runtime.memory import peak_rss_mb
     from ddpm_rt.sources import resolve_source
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision is not None:
+        precision = Precision.parse(precision).value
     if num is not None:
         _sample_shards(source, num, shard_size, micro_batch, executor, address, workers, gpus_per_worker,
                        out=out, steps=steps, seed=seed, backend=backend, threads=threads or 1,
-                       precision=precision, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
+                       precision=precision or "fp32", sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
         return
     check_output_path(out)  # before any model work: suffix, not a directory, writable parent
     src = resolve_source(source)
@@ -83,15 +83,16 @@ def sample(
     sampler_spec = spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
                                 karras_sigmas=karras, lower_order_final=lower_order_final)
     plan = spec.plan(sampler_spec)
-    choice = choose_backend(backend, src, log=lambda m: typer.echo(m, err=True))
+    choice = choose_backend(backend, src, log=lambda m: typer.echo(m, err=True), batch=chunk,
+                            precision=precision, threads=threads, allow_inexact=allow_inexact)
     name = choice.name
     if backend == "auto":
-        typer.echo(f"backend: auto chose {name} ({choice.reason})", err=True)
+        typer.echo(f"backend: auto chose {name} {choice.precision} ({choice.reason})", err=True)
 
     rng = np.random.default_rng(seed)
     x_init = initial_noise((batch, *spec.sample_shape), rng)
     samples = np.empty_like(x_init)
-    options = BackendOptions(threads=threads, precision=precision, cuda_graph=cuda_graph)
+    options = BackendOptions(threads=threads, precision=choice.precision, cuda_graph=cuda_graph)
     t0 = time.perf_counter()
     with open_for(name, src, chunk, options, log=lambda m: typer.echo(m, err=True)) as be:
         t_open = time.perf_counter() - t0
@@ -110,6 +111,7 @@ def sample(
         "untrained": src.untrained,
         "backend": name,
         "backend_reason": choice.reason,
+        "precision": choice.precision,
         "sampler": sampler_spec.sampler,
         "steps": plan.steps,
         "eta": sampler_spec.eta,
@@ -129,7 +131,7 @@ def sample(
         chunks = f", {-(-batch // chunk)} chunks of <= {chunk}" if batch > chunk else ""
         typer.echo(
             f"wrote {out} ({batch} samples, {sampler_spec.sampler} {plan.steps} steps on {name}, "
-            f"{t_loop:.2f}s{chunks}, peak memory {summary['peak_rss_mb']:.0f} MB)"
+            f"{choice.precision}, {t_loop:.2f}s{chunks}, peak memory {summary['peak_rss_mb']:.0f} MB)"
         )
 
 

@@ -25,7 +25,6 @@ from ddpm_rt.bundle.manifest import (
     MANIFEST_FILE,
     METADATA_KEY,
     ONNX_FILE,
-    PRECISIONS,
     build_manifest,
     dumps,
     with_hash,
@@ -55,8 +54,10 @@ class ExportOptions:
     trajectory_batch: int = 1
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ConfigError(f"export writes fp32 or fp16 graphs, got {self.precision!r}; int8 goes through "
+                              "`export --precision int8` (a quantized variant), bf16 is a runtime precision "
+                              "(`sample --backend openvino --precision bf16`)")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ConfigError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {self.opset}")
         if self.tolerance is not None and not self.tolerance > 0:

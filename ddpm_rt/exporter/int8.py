@@ -28,16 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_rt.errors import ConfigError, ExportError
-from ddpm_rt.exporter.manifest import (
+from ddpm_rt.bundle.manifest import (
     MANIFEST_FILE,
     METADATA_KEY,
     ONNX_FILE,
     dumps,
-    sha256_file,
     with_hash,
     without_hash,
 )
+from ddpm_rt.errors import ConfigError, ExportError
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -163,8 +162,8 @@ def quantize_bundle(fp32_bundle_dir: Path, out_dir: Path, options: Int8Options |
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from ddpm_rt.exporter.bundle import load_bundle
-    from ddpm_rt.fsutil import atomic_directory
+    from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.fsutil import atomic_directory, file_sha256
 
     options = options or Int8Options()
     parent = load_bundle(Path(fp32_bundle_dir))
@@ -175,7 +174,7 @@ def quantize_bundle(fp32_bundle_dir: Path, out_dir: Path, options: Int8Options |
     model = onnx.load(str(parent.onnx_path))
     keep = sensitive_nodes(model) if options.keep_float else {}
     excluded = sorted({n for names in keep.values() for n in names} | set(options.exclude))
-    parent_sha = parent.manifest.get("onnx_sha256") or sha256_file(parent.onnx_path)
+    parent_sha = parent.manifest.get("onnx_sha256") or file_sha256(parent.onnx_path)
     manifest = {
         **without_hash(parent.manifest),
         "precision": "int8",
@@ -207,7 +206,7 @@ def quantize_bundle(fp32_bundle_dir: Path, out_dir: Path, options: Int8Options |
                 q.metadata_props.remove(p)
         q.metadata_props.add(key=METADATA_KEY, value=json.dumps(manifest, separators=(",", ":")))
         onnx.save(q, str(tmp / ONNX_FILE))
-        manifest = with_hash(manifest, sha256_file(tmp / ONNX_FILE))
+        manifest = with_hash(manifest, file_sha256(tmp / ONNX_FILE))
         (tmp / MANIFEST_FILE).write_text(dumps(manifest))
         for leftover in tmp.glob("*"):  # the calibrator's augmented model and its data, if any
             if leftover.name not in (ONNX_FILE, MANIFEST_FILE):

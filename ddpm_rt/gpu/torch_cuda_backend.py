@@ -25,10 +25,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     """None for fp32, else the autocast dtype (ConfigError for an unknown name)."""
     import torch
 
-    from ddpm_rt.gpu.trt_build import Precision
+    from ddpm_rt.precision import Precision
 
     p = Precision.parse(precision)
-    return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[p]
+    table = {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+    if p not in table:
+        from ddpm_rt.errors import ConfigError
+
+        raise ConfigError(f"torch-cuda runs fp32, fp16 or bf16, got --precision {p}")
+    return table[p]
 
 
 class TorchCudaBackend(DeviceLoopBackend):

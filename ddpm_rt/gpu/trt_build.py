@@ -14,7 +14,6 @@ Written against the TensorRT 10 Python API; not run in this project's CI (no GPU
 
 from __future__ import annotations
 
-import enum
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,26 +32,13 @@ from ddpm_rt.gpu.engine_cache import (
     file_lock,
     timing_cache_name,
 )
+from ddpm_rt.precision import Precision
 
 OPT_LEVELS = range(0, 6)  # TensorRT builder_optimization_level: 0 fastest build .. 5 most search
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default
 
 
-class Precision(str, enum.Enum):
-    """Compute precision of an engine (its IO stays float32, as the contract says)."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-
-    @classmethod
-    def parse(cls, value: str | Precision) -> Precision:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(
-                f"unknown precision {value!r}; choose one of {', '.join(p.value for p in cls)}"
-            ) from None
+ENGINE_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16)  # int8 engines are not built here
 
 
 # Layer types that stay fp32 in fp16/bf16 engines: their internal sums (mean/variance
@@ -112,6 +98,8 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision.parse(self.precision))
+        if self.precision not in ENGINE_PRECISIONS:
+            raise ConfigError(f"TensorRT engines are built at fp32, fp16 or bf16, got --precision {self.precision}")
         if self.opt_level not in OPT_LEVELS:
             raise ConfigError(f"--opt-level must be 0..5 (TensorRT builder optimisation level), got {self.opt_level}")
         if self.workspace_mib is not None and self.workspace_mib < 1:

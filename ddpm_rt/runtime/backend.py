@@ -123,6 +123,8 @@ REGISTRY: dict[str, BackendEntry] = {
                                "PyTorch on CUDA, device loop (+ CUDA graph)", artifact="module", gpu=True),
     "ort-cuda": BackendEntry("ddpm_rt.gpu.ort_gpu", "OrtCudaBackend", 40,
                              "ONNX Runtime, CUDA execution provider, device buffers", gpu=True),
+    "openvino": BackendEntry("ddpm_rt.runtime.openvino_backend", "OpenVinoBackend", 25,
+                             "OpenVINO on CPU, shared numpy buffers (fp32/bf16/fp16/int8)"),
     "ort": BackendEntry("ddpm_rt.runtime.ort_backend", "OrtCpuBackend", 20, "ONNX Runtime on CPU, IO binding"),
     "torch": BackendEntry("ddpm_rt.eager", "TorchBackend", 10, "PyTorch eager on CPU (the baseline)",
                           artifact="module"),

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
+from ddpm_rt.fsutil import writable_dir
 from ddpm_rt.precision import Precision, check_supported
 from ddpm_rt.runtime import ort_cache
 from ddpm_rt.runtime.backend import Backend, BackendOptions
 
 if TYPE_CHECKING:
-    from ddpm_rt.exporter.bundle import Bundle
+    from ddpm_rt.bundle.load import Bundle
 
 INSTALL_HINT = "pip install 'ddpm-rt[openvino]'"
 CACHE_SUBDIR = "openvino_cache"
@@ -58,12 +59,7 @@ def _import_ov() -> Any:
 
 def cache_dir_for(onnx_path: Path, override: str | Path | None = None) -> Path:
     """`override`/openvino_cache, else beside the bundle, else the user cache (as for ORT's cache)."""
-    if override is not None:
-        return Path(override) / CACHE_SUBDIR
-    beside = onnx_path.parent / CACHE_SUBDIR
-    if ort_cache._writable_dir(beside):
-        return beside
-    return ort_cache.default_cache_root() / CACHE_SUBDIR
+    return ort_cache.cache_dir_for(onnx_path, override, subdir=CACHE_SUBDIR)
 
 
 def cache_fields(bundle_sha256: str, batch: int, precision: Precision, ov_version: str) -> dict[str, Any]:
@@ -77,7 +73,7 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 
 def _bundle_sha256(bundle: Bundle) -> str:
-    return bundle.manifest.get("onnx_sha256") or ort_cache.file_sha256(bundle.onnx_path)
+    return bundle.onnx_sha256
 
 
 def _io_names(bundle: Bundle) -> tuple[str, str, str]:
@@ -86,15 +82,6 @@ def _io_names(bundle: Bundle) -> tuple[str, str, str]:
         return io["inputs"][0]["name"], io["inputs"][1]["name"], io["outputs"][0]["name"]
     except (KeyError, IndexError, TypeError):
         return "x", "t", "out"
-
-
-def _as_bundle(bundle: Any, options: BackendOptions) -> Bundle:
-    """Transitional: accept today's ModelSource (the registry still passes one) as well as a Bundle."""
-    if hasattr(bundle, "onnx_path") and hasattr(bundle, "manifest"):
-        return bundle
-    from ddpm_rt.exporter.bundle import load_bundle
-
-    return load_bundle(Path(bundle.bundle_dir(Path(options.cache_dir) if options.cache_dir else None)))
 
 
 def check_precision(precision: str | Precision, bundle_precision: str, capabilities: list[str]) -> Precision:
@@ -160,14 +147,13 @@ class OpenVinoBackend(Backend):
         ov = _import_ov()
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
-        bundle = _as_bundle(bundle, options)
         core = ov.Core()
         capabilities = list(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
         precision = check_precision(options.precision, bundle.manifest.get("precision", "fp32"), capabilities)
         fields = cache_fields(_bundle_sha256(bundle), batch, precision, ov.__version__)
         cache = cache_dir_for(bundle.onnx_path, options.cache_dir) / cache_key(fields)
         status = "uncached"
-        if ort_cache._writable_dir(cache):
+        if writable_dir(cache):
             status = "hit" if any(cache.glob("*.blob")) else "built"
             core.set_property({"CACHE_DIR": str(cache)})
             meta = cache / "fields.json"
@@ -232,7 +218,7 @@ class OpenVinoBackend(Backend):
                 f"{', '.join(map(str, self.sample_shape))}] and t [B]; got x {list(x.shape)}, t {list(t.shape)}"
             )
 
-    def _run(self) -> None:
+    def _infer(self) -> None:
         self._start_async(self._request, self._no_inputs, None)  # infer() would build a result dict
         self._request.wait()
 
@@ -240,19 +226,19 @@ class OpenVinoBackend(Backend):
         """out = f(x, t). The loop passes the same x and t arrays every step: shared once, then reused."""
         bound = self._bound
         if bound is not None and x is bound[0] and t is bound[1]:
-            self._run()
+            self._infer()
             return self._out
         self._check_shape(x, t)
         if self._shareable(x, t):
             self._share(x, t)
-            self._run()
+            self._infer()
             return self._out
         b = x.shape[0]  # a smaller batch or a foreign layout: copy into our own buffers
         if self._bound is None or self._bound[0] is not self._x:
             self._share(self._x, self._t)
         np.copyto(self._x[:b], x, casting="same_kind")
         np.copyto(self._t[:b], t, casting="same_kind")
-        self._run()
+        self._infer()
         return self._out[:b]
 
     def close(self) -> None:

@@ -109,7 +109,8 @@ class OrtCpuBackend(Backend):
         if bundle.fixed_batch is not None and batch != bundle.fixed_batch:
             raise ConfigError(f"{bundle.onnx_path} was exported for batch {bundle.fixed_batch} only; "
                               f"use --batch {bundle.fixed_batch}, or re-export it with a dynamic batch")
-        cls.check_precision(options.precision)
+        if options.precision not in ("fp32", bundle.precision):
+            cls.check_precision(options.precision)
         ort = _import_ort()
         from ddpm_rt.runtime import ort_cache
 
@@ -142,7 +143,8 @@ class OrtCpuBackend(Backend):
         if precision != "fp32":
             raise ConfigError(
                 f"backend {cls.name!r} runs fp32 only, got --precision {precision}; "
-                "use fp32, or ort-trt / trt for fp16"
+                "use fp32 (or an int8 bundle from `ddpm-rt export --precision int8`), openvino for bf16/fp16, "
+                "or ort-trt / trt on a GPU"
             )
 
     def _check_io(self, where: str) -> None:

@@ -42,19 +42,19 @@ def _stat(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def cache_dir_for(onnx_path: Path, override: str | Path | None = None) -> Path:
+def cache_dir_for(onnx_path: Path, override: str | Path | None = None, subdir: str = CACHE_SUBDIR) -> Path:
     """Where the cache lives: `override`, else beside the bundle, else the user cache.
 
     Bundles shipped inside the package always use the user cache: package data is read-only
     when installed, and an editable checkout must not grow untracked files.
     """
     if override is not None:
-        return Path(override) / CACHE_SUBDIR
+        return Path(override) / subdir
     if PACKAGE_DIR not in onnx_path.resolve().parents:
-        beside = onnx_path.parent / CACHE_SUBDIR
+        beside = onnx_path.parent / subdir
         if writable_dir(beside):
             return beside
-    return cache_root() / CACHE_SUBDIR
+    return cache_root() / subdir
 
 
 @dataclass(frozen=True)

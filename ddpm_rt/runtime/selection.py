@@ -47,7 +47,7 @@ from ddpm_rt.runtime.backend import Backend, BackendOptions
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
 
 if TYPE_CHECKING:
-    from ddpm_rt.exporter.bundle import Bundle
+    from ddpm_rt.bundle.load import Bundle
 
 CACHE_SUBDIR = "selection"
 GUARD_FORMAT = 1
@@ -109,34 +109,11 @@ class Ranking:
 Opener = Callable[[str, "Bundle", int, BackendOptions], Backend]
 
 
-class _BundleSource:
-    """Transitional: today's registry backends take a ModelSource-like object (`bundle_dir()`,
-    `spec`); the OpenVINO backend and tomorrow's registry take the Bundle. This is both."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.bundle_obj = bundle
-        self.spec = bundle.spec
-        self.manifest = bundle.manifest
-        self.onnx_path = bundle.onnx_path
-        self.directory = bundle.directory
-        self.name = f"bundle:{bundle.directory}"
-
-    def bundle_dir(self, cache_dir: Path | None = None) -> Path:
-        return Path(self.bundle_obj.directory)
-
-
 def open_candidate(backend: str, bundle: Bundle, batch: int, options: BackendOptions) -> Backend:
-    """Open `backend` on `bundle` (default opener; the lead's registry can replace it)."""
-    from ddpm_rt.runtime.backend import REGISTRY, backend_class
+    """Open `backend` on `bundle` through the registry."""
+    from ddpm_rt.runtime.backend import open_backend
 
-    if backend == "openvino" and backend not in REGISTRY:
-        from ddpm_rt.runtime.openvino_backend import OpenVinoBackend as cls
-    else:
-        cls = backend_class(backend)
-    if backend == "ort" and options.precision == Precision.INT8.value:
-        # today's ORT backend checks for fp32 only; an int8 bundle is a float-boundary graph it runs as is
-        options = BackendOptions(threads=options.threads, cache_dir=options.cache_dir, extra=options.extra)
-    return cls.open(_BundleSource(bundle), batch, options)  # type: ignore[arg-type]
+    return open_backend(backend, bundle, batch, options)
 
 
 # -- cache -----------------------------------------------------------------------------------
@@ -144,8 +121,7 @@ def open_candidate(backend: str, bundle: Bundle, batch: int, options: BackendOpt
 def cache_dir_for(bundle: Bundle, override: str | Path | None = None) -> Path:
     if override is not None:
         return Path(override) / CACHE_SUBDIR
-    beside = Path(bundle.onnx_path).parent / CACHE_SUBDIR
-    return beside if ort_cache._writable_dir(beside) else ort_cache.default_cache_root() / CACHE_SUBDIR
+    return ort_cache.cache_dir_for(Path(bundle.onnx_path), override, subdir=CACHE_SUBDIR)
 
 
 def runtime_versions() -> dict[str, str | None]:
@@ -168,7 +144,7 @@ def _key(fields: dict[str, Any]) -> str:
 
 
 def bundle_sha256(bundle: Bundle) -> str:
-    return bundle.manifest.get("onnx_sha256") or ort_cache.file_sha256(Path(bundle.onnx_path))
+    return bundle.onnx_sha256
 
 
 def _read(path: Path, fields: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,12 +10,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.errors import ConfigError, ExportError
 from ddpm_rt.exporter import int8
-from ddpm_rt.exporter.bundle import load_bundle
-from ddpm_rt.exporter.manifest import sha256_file
+from ddpm_rt.fsutil import file_sha256 as sha256_file
 from ddpm_rt.runtime.backend import BackendOptions
-from ddpm_rt.source import resolve_source
 
 FAST = int8.Int8Options(steps=10, trajectories=1, batch=4, method="minmax")
 
@@ -23,7 +22,11 @@ FAST = int8.Int8Options(steps=10, trajectories=1, batch=4, method="minmax")
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("int8")
-    fp32 = Path(resolve_source("digits").bundle_dir(root / "bundles"))
+    import shutil
+
+    from ddpm_rt.models.catalog import shipped_bundle
+
+    fp32 = Path(shutil.copytree(shipped_bundle("digits"), root / "bundles" / "digits"))
     int8.quantize_bundle(fp32, root / "digits-int8", FAST)
     return fp32, root / "digits-int8"
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm_rt.bundle.load import Bundle, load_bundle
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.exporter.bundle import Bundle, load_bundle
-from ddpm_rt.models.registry import get_builtin
+from ddpm_rt.models.catalog import get_builtin
 from ddpm_rt.precision import (
     CpuCapabilities,
     Precision,
@@ -26,7 +26,7 @@ from ddpm_rt.precision import (
 from ddpm_rt.runtime.backend import BackendOptions
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
 from ddpm_rt.schedule import ScheduleSpec
-from ddpm_rt.source import resolve_source
+from ddpm_rt.sources import resolve_source
 from ddpm_rt.spec import DiffusionSpec
 
 F32 = BackendOptions(threads=1)
@@ -42,8 +42,12 @@ def _ov():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Bundle, torch.nn.Module]:
+    import shutil
+
+    from ddpm_rt.models.catalog import shipped_bundle
+
     source = resolve_source("digits")
-    bundle = load_bundle(source.bundle_dir(tmp_path_factory.mktemp("bundles")))
+    bundle = load_bundle(shutil.copytree(shipped_bundle("digits"), tmp_path_factory.mktemp("bundles") / "digits"))
     return bundle, source.load_module()
 
 

@@ -13,19 +13,22 @@ import numpy as np
 import onnx
 import pytest
 
+from ddpm_rt.bundle.load import Bundle, load_bundle
+from ddpm_rt.bundle.manifest import without_hash
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.exporter.bundle import Bundle, load_bundle
-from ddpm_rt.exporter.manifest import without_hash
 from ddpm_rt.precision import CpuCapabilities, Precision
 from ddpm_rt.runtime import selection
-from ddpm_rt.source import resolve_source
 
 STEPS = 10  # guard trajectory length in these tests (the default is the model's own, 50 for digits)
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Bundle:
-    return load_bundle(resolve_source("digits").bundle_dir(tmp_path_factory.mktemp("bundles")))
+    import shutil
+
+    from ddpm_rt.models.catalog import shipped_bundle
+
+    return load_bundle(shutil.copytree(shipped_bundle("digits"), tmp_path_factory.mktemp("bundles") / "digits"))
 
 
 @pytest.fixture(scope="module")
