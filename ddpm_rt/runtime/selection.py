@@ -183,7 +183,8 @@ def trajectory(model: Callable[[np.ndarray, np.ndarray], np.ndarray], bundle: Bu
     rng = np.random.default_rng(seed)
     x_init = initial_noise((batch, *spec.sample_shape), rng)
     noise = rng.standard_normal((plan.steps, batch, *spec.sample_shape), dtype=np.float32)
-    return sample_loop(model, plan, x_init, noise=noise), plan.steps
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN/inf result is a failed verdict, not a warning
+        return sample_loop(model, plan, x_init, noise=noise), plan.steps
 
 
 def guard_batch(sample_shape: Sequence[int], values: int = 8192, lo: int = 8, hi: int = 512) -> int:

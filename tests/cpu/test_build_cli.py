@@ -62,8 +62,10 @@ def test_profile_shapes_reject_bad_ranges(lo: int, opt: int, hi: int) -> None:
 
 def test_precision_is_one_enum() -> None:
     assert Precision.parse("bf16") is Precision.BF16 and Precision.parse(Precision.FP16) is Precision.FP16
-    with pytest.raises(ConfigError, match="fp32, fp16, bf16"):
-        Precision.parse("int8")
+    with pytest.raises(ConfigError, match="fp32|fp16|bf16|int8"):
+        Precision.parse("fp64")
+    with pytest.raises(ConfigError, match="fp32, fp16 or bf16"):  # no int8 TensorRT engines
+        BuildConfig(precision="int8")
 
 
 LAYERS = [
