@@ -40,14 +40,14 @@ def resolve_dataset(model_name_or_dataset: str) -> str:
     )
 
 
-def _reference_subsets(train: np.ndarray, n: int) -> list[np.ndarray]:
+def reference_subsets(train: np.ndarray, n: int) -> list[np.ndarray]:
     """REFERENCE_DRAWS fixed-seed subsets of min(n, len(train)) training points."""
     rng = np.random.default_rng(REFERENCE_SEED)
     size = min(n, train.shape[0])
     return [train[rng.choice(train.shape[0], size=size, replace=False)] for _ in range(REFERENCE_DRAWS)]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
@@ -59,9 +59,9 @@ def _digits_report(samples: np.ndarray) -> dict[str, Any]:
     f_s, p_s = features_and_probs(samples)
     f_h, p_h = features_and_probs(ds.heldout)
     f_t, _ = features_and_probs(ds.train)
-    refs = _reference_subsets(f_t, f_s.shape[0])
+    refs = reference_subsets(f_t, f_s.shape[0])
     fd = feature_frechet(f_s, f_h)
-    fd_ref, fd_ref_std = _mean_std([feature_frechet(f_r, f_h) for f_r in refs])
+    fd_ref, fd_ref_std = mean_std([feature_frechet(f_r, f_h) for f_r in refs])
     counts = np.bincount(p_s.argmax(1), minlength=10)
     return {
         "dataset": "digits16",
@@ -89,17 +89,23 @@ def _points_report(samples: np.ndarray) -> dict[str, Any]:
         raise ConfigError(f"swissroll samples must be [N, 2], got shape {np.shape(samples)}")
     if not np.all(np.isfinite(x)):
         raise ConfigError("swissroll samples contain NaN or inf")
-    refs = _reference_subsets(ds.train, x.shape[0])
     h_self = mean_pairwise_distance(ds.heldout, ds.heldout)
-    ed = energy_distance(x, ds.heldout, h_self)
-    sw = sliced_wasserstein(x, ds.heldout)
-    ed_ref, ed_ref_std = _mean_std([energy_distance(r, ds.heldout, h_self) for r in refs])
-    sw_ref, sw_ref_std = _mean_std([sliced_wasserstein(r, ds.heldout) for r in refs])
-    nn = mean_nearest_distance(x, ds.heldout)
-    nn_ref, nn_ref_std = _mean_std([mean_nearest_distance(r, ds.heldout) for r in refs])
+    return points_report(ds, int(x.shape[0]), energy_distance(x, ds.heldout, h_self),
+                         sliced_wasserstein(x, ds.heldout), int(x.shape[0]), mean_nearest_distance(x, ds.heldout))
+
+
+def points_report(ds: Any, num: int, ed: float, sw: float, sw_points: int, nn: float) -> dict[str, Any]:
+    """The 2-D report from the three distances of `num` samples (`sw` measured on `sw_points` of them),
+    next to real-vs-real references of the same sizes. Shared by the in-memory and streaming reports."""
+    h_self = mean_pairwise_distance(ds.heldout, ds.heldout)
+    refs = reference_subsets(ds.train, num)
+    sw_refs = refs if sw_points == num else reference_subsets(ds.train, sw_points)
+    ed_ref, ed_ref_std = mean_std([energy_distance(r, ds.heldout, h_self) for r in refs])
+    sw_ref, sw_ref_std = mean_std([sliced_wasserstein(r, ds.heldout) for r in sw_refs])
+    nn_ref, nn_ref_std = mean_std([mean_nearest_distance(r, ds.heldout) for r in refs])
     return {
         "dataset": "swissroll",
-        "n_samples": int(x.shape[0]),
+        "n_samples": num,
         "n_heldout": int(ds.heldout.shape[0]),
         "n_reference": int(refs[0].shape[0]),
         "reference_draws": REFERENCE_DRAWS,
@@ -110,6 +116,7 @@ def _points_report(samples: np.ndarray) -> dict[str, Any]:
         "sliced_wasserstein_real_vs_real": sw_ref,
         "sliced_wasserstein_real_vs_real_std": sw_ref_std,
         "sw_ratio": sw / sw_ref if sw_ref > 0 else float("inf"),
+        "sliced_wasserstein_points": sw_points,
         "nearest_distance": nn,
         "nearest_distance_real_vs_real": nn_ref,
         "nearest_distance_real_vs_real_std": nn_ref_std,

@@ -24,12 +24,17 @@ import numpy as np
 
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.quality.distances import (
-    energy_distance,
     mean_nearest_distance,
     mean_pairwise_distance,
     sliced_wasserstein,
 )
-from ddpm_rt.quality.report import REFERENCE_DRAWS, _mean_std, _reference_subsets, resolve_dataset
+from ddpm_rt.quality.report import (
+    REFERENCE_DRAWS,
+    mean_std,
+    points_report,
+    reference_subsets,
+    resolve_dataset,
+)
 from ddpm_rt.shards.store import open_complete
 from ddpm_rt.train.datasets import load_dataset
 
@@ -118,10 +123,10 @@ def _digits_report(num: int, paths: list[Path]) -> dict[str, Any]:
     ds = load_dataset("digits16")
     f_h, p_h = features_and_probs(ds.heldout)
     f_t, _ = features_and_probs(ds.train)
-    refs = _reference_subsets(f_t, num)
+    refs = reference_subsets(f_t, num)
     stats_h = gaussian_stats(f_h)
     fd = frechet_distance(gauss.mean, gauss.covariance(), *stats_h)
-    fd_ref, fd_ref_std = _mean_std([frechet_distance(*gaussian_stats(r), *stats_h) for r in refs])
+    fd_ref, fd_ref_std = mean_std([frechet_distance(*gaussian_stats(r), *stats_h) for r in refs])
     return {
         "dataset": "digits16",
         "n_samples": num,
@@ -177,30 +182,7 @@ def _points_report(num: int, paths: list[Path]) -> dict[str, Any]:
     nn = nearest / num
     sw_points = reservoir.sample()
     sw = sliced_wasserstein(sw_points, ds.heldout)
-    refs = _reference_subsets(ds.train, num)
-    sw_refs = _reference_subsets(ds.train, sw_points.shape[0])
-    ed_ref, ed_ref_std = _mean_std([energy_distance(r, ds.heldout, h_self) for r in refs])
-    sw_ref, sw_ref_std = _mean_std([sliced_wasserstein(r, ds.heldout) for r in sw_refs])
-    nn_ref, nn_ref_std = _mean_std([mean_nearest_distance(r, ds.heldout) for r in refs])
-    return {
-        "dataset": "swissroll",
-        "n_samples": num,
-        "n_heldout": int(ds.heldout.shape[0]),
-        "n_reference": int(refs[0].shape[0]),
-        "reference_draws": REFERENCE_DRAWS,
-        "energy_distance": ed,
-        "energy_distance_real_vs_real": ed_ref,
-        "energy_distance_real_vs_real_std": ed_ref_std,
-        "sliced_wasserstein": sw,
-        "sliced_wasserstein_real_vs_real": sw_ref,
-        "sliced_wasserstein_real_vs_real_std": sw_ref_std,
-        "sw_ratio": sw / sw_ref if sw_ref > 0 else float("inf"),
-        "sliced_wasserstein_points": int(sw_points.shape[0]),
-        "nearest_distance": nn,
-        "nearest_distance_real_vs_real": nn_ref,
-        "nearest_distance_real_vs_real_std": nn_ref_std,
-        "nn_ratio": nn / nn_ref if nn_ref > 0 else float("inf"),
-    }
+    return points_report(ds, num, ed, sw, int(sw_points.shape[0]), nn)
 
 
 def shard_quality_report(model_name_or_dataset: str, directory: Path) -> dict[str, Any]:
