@@ -5,4 +5,7 @@ machine.py  what the numbers were measured on (CPU, versions, load)
 suites.py   the backend suite (same bundle, plan, batches and noise for all backends)
 pipeline.py diffusers' DDIMPipeline in eager mode against our loop on the same UNet
 report.py   text / Markdown tables;  plot.py  the PNG
+parity.py   the parity figures (max-abs, relative RMS) every bench and check reports
+quality_sweep.py  time to quality: sampler × steps, scored with the model's metric (`bench --quality`)
+selfcheck.py      the GPU self-check harness behind `ddpm-rt selfcheck`
 """
