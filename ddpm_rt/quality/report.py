@@ -52,20 +52,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _digits_report(samples: np.ndarray) -> dict[str, Any]:
+    from ddpm_rt.quality.digits_classifier import features_and_probs
+    from ddpm_rt.quality.frechet import gaussian_stats
+
+    f_s, p_s = features_and_probs(samples)
+    mu, cov = gaussian_stats(f_s)
+    return digits_report(int(f_s.shape[0]), mu, cov, np.bincount(p_s.argmax(1), minlength=10),
+                         float(p_s.max(1).mean()), float(np.mean(np.abs(samples) > 1.0 + 1e-6)))
+
+
+def digits_report(num: int, mu: np.ndarray, cov: np.ndarray, counts: np.ndarray, mean_confidence: float,
+                  out_of_range: float) -> dict[str, Any]:
+    """The digits report from the samples' feature statistics (mean, covariance, class counts, ...),
+    next to the real-vs-real reference of the same size. Shared by the in-memory and streaming reports."""
     from ddpm_rt.quality.digits_classifier import classifier_info, features_and_probs
-    from ddpm_rt.quality.frechet import feature_frechet
+    from ddpm_rt.quality.frechet import frechet_distance, gaussian_stats
 
     ds = load_dataset("digits16")
-    f_s, p_s = features_and_probs(samples)
     f_h, p_h = features_and_probs(ds.heldout)
     f_t, _ = features_and_probs(ds.train)
-    refs = reference_subsets(f_t, f_s.shape[0])
-    fd = feature_frechet(f_s, f_h)
-    fd_ref, fd_ref_std = mean_std([feature_frechet(f_r, f_h) for f_r in refs])
-    counts = np.bincount(p_s.argmax(1), minlength=10)
+    refs = reference_subsets(f_t, num)
+    stats_h = gaussian_stats(f_h)
+    fd = frechet_distance(mu, cov, *stats_h)
+    fd_ref, fd_ref_std = mean_std([frechet_distance(*gaussian_stats(r), *stats_h) for r in refs])
     return {
         "dataset": "digits16",
-        "n_samples": int(f_s.shape[0]),
+        "n_samples": num,
         "n_heldout": int(f_h.shape[0]),
         "n_reference": int(refs[0].shape[0]),
         "reference_draws": REFERENCE_DRAWS,
@@ -73,10 +85,10 @@ def _digits_report(samples: np.ndarray) -> dict[str, Any]:
         "fd_real_vs_real": fd_ref,
         "fd_real_vs_real_std": fd_ref_std,
         "fd_ratio": fd / fd_ref if fd_ref > 0 else float("inf"),
-        "mean_confidence": float(p_s.max(1).mean()),
+        "mean_confidence": mean_confidence,
         "mean_confidence_heldout": float(p_h.max(1).mean()),
-        "class_counts": counts.tolist(),
-        "out_of_range_fraction": float(np.mean(np.abs(samples) > 1.0 + 1e-6)),
+        "class_counts": np.asarray(counts).tolist(),
+        "out_of_range_fraction": out_of_range,
         "feature": f"digits classifier penultimate layer (held-out accuracy "
                    f"{classifier_info().get('heldout_accuracy', 'n/a')})",
     }

@@ -28,13 +28,7 @@ from ddpm_rt.quality.distances import (
     mean_pairwise_distance,
     sliced_wasserstein,
 )
-from ddpm_rt.quality.report import (
-    REFERENCE_DRAWS,
-    mean_std,
-    points_report,
-    reference_subsets,
-    resolve_dataset,
-)
+from ddpm_rt.quality.report import digits_report, points_report, resolve_dataset
 from ddpm_rt.shards.store import open_complete
 from ddpm_rt.train.datasets import load_dataset
 
@@ -106,8 +100,7 @@ def _load(path: Path) -> np.ndarray:
 
 
 def _digits_report(num: int, paths: list[Path]) -> dict[str, Any]:
-    from ddpm_rt.quality.digits_classifier import FEATURE_DIM, classifier_info, features_and_probs
-    from ddpm_rt.quality.frechet import frechet_distance, gaussian_stats
+    from ddpm_rt.quality.digits_classifier import FEATURE_DIM, features_and_probs
 
     gauss = OnlineGaussian(FEATURE_DIM)
     counts = np.zeros(10, dtype=np.int64)
@@ -120,30 +113,7 @@ def _digits_report(num: int, paths: list[Path]) -> dict[str, Any]:
         confidence += float(p.max(1).sum())
         out_of_range += int(np.count_nonzero(np.abs(shard) > 1.0 + 1e-6))
         values += shard.size
-    ds = load_dataset("digits16")
-    f_h, p_h = features_and_probs(ds.heldout)
-    f_t, _ = features_and_probs(ds.train)
-    refs = reference_subsets(f_t, num)
-    stats_h = gaussian_stats(f_h)
-    fd = frechet_distance(gauss.mean, gauss.covariance(), *stats_h)
-    fd_ref, fd_ref_std = mean_std([frechet_distance(*gaussian_stats(r), *stats_h) for r in refs])
-    return {
-        "dataset": "digits16",
-        "n_samples": num,
-        "n_heldout": int(f_h.shape[0]),
-        "n_reference": int(refs[0].shape[0]),
-        "reference_draws": REFERENCE_DRAWS,
-        "fd": fd,
-        "fd_real_vs_real": fd_ref,
-        "fd_real_vs_real_std": fd_ref_std,
-        "fd_ratio": fd / fd_ref if fd_ref > 0 else float("inf"),
-        "mean_confidence": confidence / num,
-        "mean_confidence_heldout": float(p_h.max(1).mean()),
-        "class_counts": counts.tolist(),
-        "out_of_range_fraction": out_of_range / values,
-        "feature": f"digits classifier penultimate layer (held-out accuracy "
-                   f"{classifier_info().get('heldout_accuracy', 'n/a')})",
-    }
+    return digits_report(num, gauss.mean, gauss.covariance(), counts, confidence / num, out_of_range / values)
 
 
 def _points(path: Path, dim: int) -> np.ndarray:
