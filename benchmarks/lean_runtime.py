@@ -77,10 +77,7 @@ def main() -> None:
             log(f"run {r + 1}/{args.runs}")
     summary = {k: {m: {"median": float(np.median(v)), "min": float(np.min(v)), "max": float(np.max(v))}
                    for m, v in res.items()} for k, res in results.items()}
-    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8") if f in flags]
-    out = {"cpu": f"{cpu_model()} ({', '.join(isa) or 'no AVX2'})", "loadavg_before": load_before, "loadavg_after": load_average(),
+    out = {"cpu": cpu_model(), "loadavg_before": load_before, "loadavg_after": load_average(),
            "bundle": str(args.bundle), "runs": args.runs, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
            "commands": {k: shlex.join(c) for k, (_, c) in sides.items()}, "summary": summary, "raw": results}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -40,3 +40,9 @@ class Interrupted(BaseException):  # noqa: N818 - a signal, not an error: no `ex
         super().__init__(signum, note)
         self.signum = signum
         self.note = note
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ddpm_rt.errors import SourceError
+from ddpm_rt.errors import SourceError, first_line
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 SAFE_SUFFIXES = (".safetensors",)
@@ -58,7 +58,7 @@ def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise SourceError(f"cannot load {path} with torch.load(weights_only=True): {str(e).splitlines()[0]}") from None
+        raise SourceError(f"cannot load {path} with torch.load(weights_only=True): {first_line(e)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # Lightning-style checkpoint
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):

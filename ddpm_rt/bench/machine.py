@@ -10,14 +10,13 @@ from typing import Any
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name and the matrix/vector features that decide its speed (results name both)."""
+    from ddpm_rt.precision import cpu_capabilities
+
+    cpu = cpu_capabilities()
+    name = cpu.model or platform.processor() or platform.machine()
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8") if f in cpu.flags]
+    return f"{name} ({', '.join(isa) or 'no AVX2'}{'' if 'amx_bf16' in isa else '; no AMX'})"
 
 
 def usable_cores() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_rt.bundle.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, METADATA_KEY, ONNX_FILE
-from ddpm_rt.errors import BundleError
+from ddpm_rt.errors import BundleError, first_line
 from ddpm_rt.fsutil import file_sha256
 from ddpm_rt.spec import DiffusionSpec
 
@@ -79,8 +79,7 @@ def _embedded_manifest(onnx_path: Path) -> str | None:
         try:
             model = onnx.load(str(onnx_path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf decode errors
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise BundleError(f"{onnx_path} is not a readable ONNX file: {first}") from None
+            raise BundleError(f"{onnx_path} is not a readable ONNX file: {first_line(e)}") from None
         return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
     import onnxruntime as ort
 
@@ -90,8 +89,7 @@ def _embedded_manifest(onnx_path: Path) -> str | None:
     try:
         session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises untyped errors
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BundleError(f"{onnx_path} is not a readable ONNX file: {first}") from None
+        raise BundleError(f"{onnx_path} is not a readable ONNX file: {first_line(e)}") from None
     return session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
 
 

@@ -36,7 +36,7 @@ from ddpm_rt.bundle.manifest import (
     with_hash,
     without_hash,
 )
-from ddpm_rt.errors import ConfigError, ExportError
+from ddpm_rt.errors import ConfigError, ExportError, first_line
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -198,7 +198,7 @@ def quantize_bundle(fp32_bundle_dir: Path, out_dir: Path, options: Int8Options |
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, **extra},
                 )
         except Exception as e:  # noqa: BLE001 - the quantizer raises untyped errors
-            raise ExportError(f"int8 quantization of {parent.onnx_path} failed: {str(e).splitlines()[0]}") from None
+            raise ExportError(f"int8 quantization of {parent.onnx_path} failed: {first_line(e)}") from None
         q = onnx.load(str(raw))
         raw.unlink()
         for p in list(q.metadata_props):

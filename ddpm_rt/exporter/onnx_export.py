@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ddpm_rt.bundle.contract import MIN_OPSET, GraphContract
-from ddpm_rt.errors import ExportError
+from ddpm_rt.errors import ExportError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -93,7 +93,7 @@ def export_onnx(
                 dynamo=False,
             )
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {first_line(e)}") from None
 
 
 def restore_unused_inputs(model: onnx.ModelProto, contract: GraphContract) -> list[str]:

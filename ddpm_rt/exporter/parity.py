@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_rt.errors import ExportError
+from ddpm_rt.errors import ExportError, first_line
 from ddpm_rt.multistep import MULTISTEP
 from ddpm_rt.plan import SamplingPlan
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
@@ -38,7 +38,7 @@ def check_graph(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"onnx.checker rejected {path.name}: {str(e).strip().splitlines()[0]}") from None
+        raise ExportError(f"onnx.checker rejected {path.name}: {first_line(e)}") from None
 
 
 class OrtModel:
@@ -54,7 +54,7 @@ class OrtModel:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-            raise ExportError(f"ONNX Runtime cannot load {path.name}: {str(e).strip().splitlines()[0]}") from None
+            raise ExportError(f"ONNX Runtime cannot load {path.name}: {first_line(e)}") from None
         self.x_name, self.t_name = (i.name for i in self.session.get_inputs())
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ddpm_rt.errors import ConfigError, ExportError
+from ddpm_rt.errors import ConfigError, ExportError, first_line
 from ddpm_rt.exporter.sampler_graph import (
     GRAPH_KINDS,
     build_loop_graph,
@@ -153,7 +153,7 @@ def _session(model: bytes | str, threads: int | None = None, level: str = "all")
     try:
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot load the graph: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"ONNX Runtime cannot load the graph: {first_line(e)}") from None
 
 
 def run_fused(sess: Any, graph: str, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray) -> np.ndarray:

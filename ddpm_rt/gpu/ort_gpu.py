@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ddpm_rt.bundle.contract import CONTRACT, ORT_DTYPES, check_io
+from ddpm_rt.bundle.contract import CONTRACT
 from ddpm_rt.bundle.load import Bundle
-from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
+from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError, first_line
 from ddpm_rt.gpu.device_backend import DeviceLoopBackend
 from ddpm_rt.runtime.backend import BackendOptions
-from ddpm_rt.runtime.ort_backend import _first_line, _import_ort, _provider_missing
+from ddpm_rt.runtime.ort_backend import _import_ort, _provider_missing, check_session_io
 
 if TYPE_CHECKING:
     import torch
@@ -60,12 +60,8 @@ class OrtDeviceBackend(DeviceLoopBackend):
         try:
             self.session = ort.InferenceSession(str(bundle.onnx_path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
-            raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {_first_line(e)}") from None
-        describe = lambda vs: {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in vs}  # noqa: E731
-        fixed = check_io(describe(self.session.get_inputs()), describe(self.session.get_outputs()),
-                         bundle.spec.sample_shape, str(bundle.onnx_path))
-        if fixed is not None and fixed != batch:
-            raise ConfigError(f"{bundle.onnx_path} has a static batch of {fixed}; use --batch {fixed}")
+            raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {first_line(e)}") from None
+        check_session_io(self.session, bundle.spec.sample_shape, batch, str(bundle.onnx_path))
         self._binding = self.session.io_binding()
         self._run_options = ort.RunOptions()
         if stream is not None:  # ordering comes from the shared stream, not from a host sync per run
@@ -122,7 +118,7 @@ class OrtDeviceBackend(DeviceLoopBackend):
         try:
             self.session.run_with_iobinding(self._binding, self._run_options)
         except Exception as e:  # noqa: BLE001 - ORT's untyped runtime errors, as one line
-            raise BundleError(f"onnxruntime failed running the denoiser: {_first_line(e)}") from None
+            raise BundleError(f"onnxruntime failed running the denoiser: {first_line(e)}") from None
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         import torch

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_rt.errors import first_line
 from ddpm_rt.fsutil import atomic_write_text, cache_root
 from ddpm_rt.runtime.loop import initial_noise
 
@@ -94,5 +95,5 @@ def run_probe(backend: str, open_candidate: Any, open_reference: Any, plan: Any,
         with open_candidate(PROBE_BATCH) as cand, open_reference(PROBE_BATCH) as ref:
             verdict = compare(cand, ref, plan, sample_shape)
     except Exception as e:  # noqa: BLE001 - any failure of an unproven GPU path fences it
-        verdict = {"ok": False, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+        verdict = {"ok": False, "error": f"{type(e).__name__}: {first_line(e)}"}
     return record(backend, verdict)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
+from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError, first_line
 from ddpm_rt.fsutil import writable_dir
 from ddpm_rt.precision import Precision, check_supported
 from ddpm_rt.runtime import ort_cache
@@ -167,7 +167,7 @@ class OpenVinoBackend(Backend):
             model = core.read_model(str(bundle.onnx_path))
             model.reshape({x_name: [batch, *sample_shape], t_name: [batch]})
         except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped RuntimeErrors
-            raise BundleError(f"OpenVINO cannot read {bundle.onnx_path}: {str(e).splitlines()[0]}") from None
+            raise BundleError(f"OpenVINO cannot read {bundle.onnx_path}: {first_line(e)}") from None
         threads = int(options.threads or 0)  # 0 = OpenVINO's default (all usable cores)
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _HINTS[precision][0],
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}

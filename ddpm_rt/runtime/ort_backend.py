@@ -20,16 +20,22 @@ import numpy as np
 
 from ddpm_rt.bundle.contract import CONTRACT, ORT_DTYPES, check_io
 from ddpm_rt.bundle.load import Bundle
-from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
+from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError, first_line
 from ddpm_rt.runtime.backend import Backend, BackendOptions
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def check_session_io(session: Any, sample_shape: tuple[int, ...], batch: int, where: str) -> None:
+    """The contract check (`bundle.contract.check_io`) on an ORT session, and its batch against ours."""
+    def describe(values: list[Any]) -> dict[str, tuple[str, list[Any]]]:
+        return {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in values}
+
+    fixed = check_io(describe(session.get_inputs()), describe(session.get_outputs()), sample_shape, where)
+    if fixed is not None and fixed != batch:
+        raise ConfigError(f"{where} has a static batch of {fixed}; use --batch {fixed}, or re-export "
+                          "it with `ddpm-rt export` (dynamic batch)")
 
 
 def _import_ort() -> Any:
@@ -125,7 +131,7 @@ class OrtCpuBackend(Backend):
         try:
             session = ort.InferenceSession(str(model_path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
-            raise BundleError(f"onnxruntime cannot load {model_path}: {_first_line(e)}") from None
+            raise BundleError(f"onnxruntime cannot load {model_path}: {first_line(e)}") from None
         info = {
             "onnx": str(onnx_path),
             "model": str(model_path),
@@ -148,14 +154,7 @@ class OrtCpuBackend(Backend):
             )
 
     def _check_io(self, where: str) -> None:
-        def describe(values: list[Any]) -> dict[str, tuple[str, list[Any]]]:
-            return {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in values}
-
-        fixed = check_io(describe(self.session.get_inputs()), describe(self.session.get_outputs()),
-                         self.sample_shape, where)
-        if fixed is not None and fixed != self.batch:
-            raise ConfigError(f"{where} has a static batch of {fixed}; use --batch {fixed}, or re-export "
-                              "it with `ddpm-rt export` (dynamic batch)")
+        check_session_io(self.session, self.sample_shape, self.batch, where)
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -222,7 +221,7 @@ class OrtCpuBackend(Backend):
         try:
             self.session.run_with_iobinding(self._binding)
         except Exception as e:  # noqa: BLE001 - ORT's untyped runtime errors, as one line
-            raise BundleError(f"onnxruntime failed running the denoiser: {_first_line(e)}") from None
+            raise BundleError(f"onnxruntime failed running the denoiser: {first_line(e)}") from None
 
     def close(self) -> None:
         self._bound = None

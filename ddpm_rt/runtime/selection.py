@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_rt.errors import ConfigError
+from ddpm_rt.errors import ConfigError, first_line
 from ddpm_rt.precision import Precision, cpu_capabilities
 from ddpm_rt.runtime import ort_cache
 from ddpm_rt.runtime.backend import Backend, BackendOptions
@@ -318,7 +318,7 @@ def rank(bundle: Bundle, batch: int, candidates: Sequence[Candidate], budget_s: 
                 verdict = guard(bundle, c.backend, c.precision, candidate_bundle=c.bundle, steps=guard_steps,
                                 tolerance=tolerance, threads=threads, cache_dir=cache_dir, opener=opener)
             except Exception as e:  # noqa: BLE001 - an unusable candidate is refused, not fatal
-                refused[c.label] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                refused[c.label] = f"{type(e).__name__}: {first_line(e)}"
                 continue
             if not verdict.ok:
                 refused[c.label] = f"fails the quality guard ({verdict.summary()})"
@@ -329,7 +329,7 @@ def rank(bundle: Bundle, batch: int, candidates: Sequence[Candidate], budget_s: 
             with opener(c.backend, c.bundle or bundle, batch, options) as be:
                 timings[c.label] = timer(be, bundle, batch, per_candidate)
         except Exception as e:  # noqa: BLE001
-            refused[c.label] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            refused[c.label] = f"{type(e).__name__}: {first_line(e)}"
     if not timings:
         raise ConfigError(f"no candidate of {', '.join(labels)} is usable: "
                           + "; ".join(f"{k}: {v}" for k, v in refused.items()))

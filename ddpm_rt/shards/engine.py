@@ -1,8 +1,8 @@
 """The one place that turns a bundle directory into an open backend, and runs shards on it.
 
-`prepare_job` (source -> bundle + plan), `bundle_content_key` and `open_shard_backend` are this
-package's only calls into the source / backend API: swap them here when backends take a
-`Bundle` artifact.
+`prepare_job` (source -> bundle + plan, through `ddpm_rt.prepare`), `bundle_content_key` and
+`open_shard_backend` (a `Bundle` opened on the registry; workers need no torch) are this
+package's only calls into the source / backend API.
 """
 
 from __future__ import annotations
