@@ -183,13 +183,19 @@ def test_cache_key_covers_bundle_batch_precision_and_version():
     assert ovb.cache_key(dict(base)) == key
 
 
-def test_precision_errors_name_what_is_available(digits, tmp_path):
+def test_precision_errors_name_what_is_available(digits, tmp_path, monkeypatch):
     ovb = _ov()
     bundle, _ = digits
     with pytest.raises(ConfigError, match="unknown precision 'fp64'; choose one of fp32|fp16|bf16|int8"):
         _open(bundle, 1, BackendOptions(precision="fp64"), tmp_path)
     with pytest.raises(ConfigError, match="needs an int8 bundle"):
         _open(bundle, 1, BackendOptions(precision="int8"), tmp_path)
+    # OpenVINO's own capability list decides on a CPU that has the instructions (pinned here, so the
+    # check does not depend on this machine's CPU)
+    from ddpm_rt import precision as precision_module
+
+    fp16_cpu = precision_module.parse_cpuinfo("model name\t: Test CPU\nflags\t\t: avx2 avx512f avx512_fp16\n")
+    monkeypatch.setattr(precision_module, "cpu_capabilities", lambda *a, **k: fp16_cpu)
     with pytest.raises(ConfigError, match=r"cannot run --precision fp16 .* available: fp32, bf16, int8"):
         ovb.check_precision("fp16", "fp32", ["FP32", "BF16", "INT8"])
 
