@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_rt.bench.machine import environment, load_average
+from ddpm_rt.bench.machine import environment
 from ddpm_rt.fsutil import atomic_write_text
+from ddpm_rt.machine import load_average
 from ddpm_rt.shards import LocalExecutor, ShardStore, iter_shards, prepare_job, run_shards
 from ddpm_rt.shards.ray_executor import RayExecutor, import_ray
 

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--label-before", default="before")
     ap.add_argument("--label-after", default="after")
     args = ap.parse_args()
-    from ddpm_rt.bench.machine import cpu_model, load_average
+    from ddpm_rt.machine import cpu_model, load_average
 
     sides = {args.label_before: _side(args.before), args.label_after: _side(args.after)}
     results: dict[str, dict[str, list[float]]] = {k: {"wall_s": [], "peak_rss_mb": []} for k in sides}

@@ -15,7 +15,7 @@ import numpy as np
 
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.fsutil import atomic_write
-from ddpm_rt.runtime.memory import MB, available_bytes
+from ddpm_rt.machine import MB, available_bytes
 from ddpm_rt.spec import DiffusionSpec
 
 SUFFIXES = (".png", ".npy")

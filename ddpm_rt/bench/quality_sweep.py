@@ -60,7 +60,8 @@ def _plan(spec: Any, sampler: str, steps: int, spacing: str | None) -> Any:
 def quality_sweep(model: str, config: SweepConfig = SweepConfig(),
                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Sample, time and score every (sampler, steps) cell; a JSON-able table plus a summary."""
-    from ddpm_rt.bench.machine import environment, load_average
+    from ddpm_rt.bench.machine import environment
+    from ddpm_rt.machine import load_average
     from ddpm_rt.prepare import open_for
     from ddpm_rt.quality.report import quality_report, resolve_dataset
     from ddpm_rt.runtime.backend import BackendOptions
@@ -132,7 +133,7 @@ def retime(result: dict[str, Any], rounds: int = 3, batch: int | None = None,
     Adds ``interleaved_ms_per_image`` (median over rounds) to each row and
     ``speedup_interleaved`` to the summary; returns `result`, updated in place.
     """
-    from ddpm_rt.bench.machine import load_average
+    from ddpm_rt.machine import load_average
     from ddpm_rt.prepare import open_for
     from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise

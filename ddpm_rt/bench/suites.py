@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_rt.bench.machine import environment, load_average, usable_cores
+from ddpm_rt.bench.machine import environment
 from ddpm_rt.bench.timing import RssSampler, TimedModel, summary
 from ddpm_rt.errors import BackendUnavailable, ConfigError
+from ddpm_rt.machine import load_average, max_rss_bytes, usable_cores
 from ddpm_rt.prepare import choose_backend, open_for
 from ddpm_rt.runtime.backend import Backend, BackendOptions, available_backends
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
-from ddpm_rt.runtime.memory import max_rss_bytes
 
 if TYPE_CHECKING:
     from ddpm_rt.plan import SamplingPlan

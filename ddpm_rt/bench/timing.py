@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_rt.runtime.memory import rss_bytes
+from ddpm_rt.machine import rss_bytes
 
 ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -57,13 +57,13 @@ def sample(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Sample from a denoiser with a fixed-schedule reverse loop and write the result."""
+    from ddpm_rt.machine import peak_rss_mb
     from ddpm_rt.output import check_memory, check_output_path, save_samples
     from ddpm_rt.precision import Precision
     from ddpm_rt.prepare import choose_backend, open_for
     from ddpm_rt.progress import Progress
     from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
-    from ddpm_rt.runtime.memory import peak_rss_mb
     from ddpm_rt.sources import resolve_source
 
     if precision is not None:

@@ -38,7 +38,7 @@ from ddpm_rt.train.datasets import load_dataset
 
 def machine() -> str:
     """CPU model, visible cores and OS, for checkpoint configs and model cards."""
-    from ddpm_rt.bench.machine import cpu_model
+    from ddpm_rt.machine import cpu_model
 
     cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.machine()}"
