@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ddpm_rt.conditioning import CondInput, parse_conditioning
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.plan import PREDICTION_TYPES, SamplerSpec, SamplingPlan, build_plan, default_sampler
 from ddpm_rt.schedule import ScheduleSpec
@@ -16,7 +17,7 @@ from ddpm_rt.schedule import ScheduleSpec
 
 @dataclass(frozen=True)
 class DiffusionSpec:
-    """The diffusion contract of one denoiser ``out = f(x, t)``."""
+    """The diffusion contract of one denoiser ``out = f(x, t, *conditioning)``."""
 
     schedule: ScheduleSpec
     prediction_type: str  # epsilon | sample | v_prediction | next_sample
@@ -24,6 +25,7 @@ class DiffusionSpec:
     data_range: tuple[float, float] = (-1.0, 1.0)
     clip: tuple[float, float] | None = None  # clip of x0^ while sampling (None = off)
     sampler_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. {"step_scale": 1.5}
+    conditioning: tuple[CondInput, ...] = ()  # inputs after (x, t), in graph order (ddpm_rt.conditioning)
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
@@ -39,6 +41,10 @@ class DiffusionSpec:
     @property
     def timestep_meaning(self) -> str:
         return self.schedule.timestep_meaning
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.conditioning)
 
     @property
     def is_image(self) -> bool:
@@ -60,7 +66,7 @@ class DiffusionSpec:
         return build_plan(self.schedule, self.prediction_type, sampler, self.clip)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schedule": self.schedule.to_dict(),
             "prediction_type": self.prediction_type,
             "timestep_meaning": self.timestep_meaning,
@@ -69,6 +75,9 @@ class DiffusionSpec:
             "clip": None if self.clip is None else list(self.clip),
             "sampler_defaults": dict(self.sampler_defaults),
         }
+        if self.conditioning:  # unconditional specs serialise exactly as before
+            d["conditioning"] = [c.to_dict() for c in self.conditioning]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiffusionSpec:
@@ -81,6 +90,7 @@ class DiffusionSpec:
                 data_range=tuple(float(v) for v in d.get("data_range", (-1.0, 1.0))),
                 clip=None if clip is None else (float(clip[0]), float(clip[1])),
                 sampler_defaults=dict(d.get("sampler_defaults", {})),
+                conditioning=parse_conditioning(d.get("conditioning")),
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"diffusion spec is missing or has a malformed field: {e}") from None

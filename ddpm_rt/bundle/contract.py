@@ -2,6 +2,8 @@
 
     x:   float32 [batch, *sample_shape]   the noisy sample
     t:   float32 [batch]                  the model's time input (meaning: manifest `timestep_meaning`)
+    ...  conditioning inputs, if the model declares any (`ddpm_rt.conditioning`), in spec order:
+         class_labels int64 [batch], or a float32 [batch, *shape] tensor
     out: float32 [batch, *sample_shape]   the model output (meaning: manifest `prediction_type`)
 
 The timestep is float32 at the boundary (int64 breaks TensorRT and several ORT hosts);
@@ -10,10 +12,14 @@ any cast to an index happens inside the graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
+from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import BundleError
+
+if TYPE_CHECKING:
+    from ddpm_rt.spec import DiffusionSpec
 
 MIN_OPSET = 17
 # element type names as ONNX Runtime reports them -> the contract's dtype names
@@ -37,10 +43,20 @@ class GraphContract:
     min_batch: int = 1
     opt_batch: int = 4  # also the larger batch the exporter verifies at
     max_batch: int = 64  # TensorRT optimisation profile upper bound (engines may override)
+    conditioning: tuple[CondInput, ...] = ()  # inputs after x and t (none for an unconditional model)
+
+    def for_spec(self, spec: DiffusionSpec) -> GraphContract:
+        """This contract with the conditioning inputs `spec` declares."""
+        return replace(self, conditioning=tuple(spec.conditioning))
 
     @property
-    def input_names(self) -> tuple[str, str]:
-        return (self.x_name, self.t_name)
+    def input_names(self) -> tuple[str, ...]:
+        return (self.x_name, self.t_name, *(c.name for c in self.conditioning))
+
+    def dtypes(self) -> dict[str, str]:
+        """Boundary dtype of every input and output."""
+        return {self.x_name: self.dtype, self.t_name: self.dtype, self.out_name: self.dtype,
+                **{c.name: c.dtype for c in self.conditioning}}
 
     @property
     def output_names(self) -> tuple[str]:
@@ -55,6 +71,7 @@ class GraphContract:
             self.x_name: (batch, *sample_shape),
             self.t_name: (batch,),
             self.out_name: (batch, *sample_shape),
+            **{c.name: (batch, *c.shape) for c in self.conditioning},
         }
 
     def symbolic_shapes(self, sample_shape: tuple[int, ...]) -> dict[str, list[int | str]]:
@@ -63,13 +80,14 @@ class GraphContract:
             self.x_name: [self.batch_axis, *sample_shape],
             self.t_name: [self.batch_axis],
             self.out_name: [self.batch_axis, *sample_shape],
+            **{c.name: [self.batch_axis, *c.shape] for c in self.conditioning},
         }
 
     def to_dict(self, sample_shape: tuple[int, ...]) -> dict[str, Any]:
         """The manifest's `io` section."""
-        shapes = self.symbolic_shapes(sample_shape)
+        shapes, dtypes = self.symbolic_shapes(sample_shape), self.dtypes()
         return {
-            "inputs": [{"name": n, "dtype": self.dtype, "shape": shapes[n]} for n in self.input_names],
+            "inputs": [{"name": n, "dtype": dtypes[n], "shape": shapes[n]} for n in self.input_names],
             "outputs": [{"name": self.out_name, "dtype": self.dtype, "shape": shapes[self.out_name]}],
             "dynamic_axes": {self.batch_axis: 0},
             "batch_range": [self.min_batch, self.opt_batch, self.max_batch],
@@ -96,11 +114,11 @@ def check_io(inputs: dict[str, TensorIO], outputs: dict[str, TensorIO], sample_s
             f"{where}: the graph has inputs {sorted(inputs)} and outputs {list(outputs)}; the ddpm-rt "
             f"contract is inputs {sorted(want_in)} and output {want_out} (re-export it with `ddpm-rt export`)"
         )
-    shapes = contract.symbolic_shapes(sample_shape)
+    shapes, dtypes = contract.symbolic_shapes(sample_shape), contract.dtypes()
     batches: set[int | None] = set()
     for name, (dtype, shape) in {**inputs, **outputs}.items():
-        if dtype != contract.dtype:
-            raise BundleError(f"{where}: graph tensor {name!r} is {dtype}, the contract says {contract.dtype}")
+        if dtype != dtypes[name]:
+            raise BundleError(f"{where}: graph tensor {name!r} is {dtype}, the contract says {dtypes[name]}")
         want = shapes[name]
         if len(shape) != len(want) or [_fixed(d) for d in shape[1:]] != list(want[1:]):
             raise BundleError(
@@ -109,5 +127,5 @@ def check_io(inputs: dict[str, TensorIO], outputs: dict[str, TensorIO], sample_s
             )
         batches.add(_fixed(shape[0]))
     if len(batches) != 1:
-        raise BundleError(f"{where}: x, t and out disagree on the batch dimension; re-export the bundle")
+        raise BundleError(f"{where}: the graph's inputs and output disagree on the batch dimension; re-export the bundle")
     return batches.pop()
