@@ -1,8 +1,8 @@
 """What is installed and which backends can run here: the facts behind `ddpm-rt doctor`.
 
-Also the single home of the one-line "what is missing, how to install it" messages
-used by every GPU path (torch-cuda, trt, build, selfcheck). Module import is cheap:
-torch, onnxruntime and tensorrt are imported inside the functions that report on them.
+Module import is cheap: torch, onnxruntime and tensorrt are imported inside the functions that
+report on them. The one-line "what is missing" messages of the GPU paths live in
+`ddpm_rt.gpu.availability`.
 """
 
 from __future__ import annotations
@@ -11,48 +11,6 @@ import importlib.util
 import platform
 import sys
 from typing import Any
-
-from ddpm_rt.errors import BackendUnavailable
-
-CUDA_MISSING = (
-    "no CUDA device: torch.cuda.is_available() is False — install a CUDA build of torch "
-    "on a machine with an NVIDIA GPU"
-)
-TORCH_MISSING = "torch is not installed: pip install torch (a CUDA build for GPU backends)"
-TRT_MISSING = "tensorrt is not installed: pip install 'ddpm-rt[trt]'"
-
-
-def cuda_missing_reason() -> str | None:
-    """None when torch sees a CUDA device, else one line saying what is missing."""
-    if importlib.util.find_spec("torch") is None:
-        return TORCH_MISSING
-    import torch
-
-    if not torch.cuda.is_available():
-        return CUDA_MISSING
-    return None
-
-
-def tensorrt_missing_reason() -> str | None:
-    """None when a CUDA device and the tensorrt package are both present (tensorrt is not imported)."""
-    reason = cuda_missing_reason()
-    if reason is not None:
-        return reason
-    if importlib.util.find_spec("tensorrt") is None:
-        return TRT_MISSING
-    return None
-
-
-def require_cuda() -> None:
-    reason = cuda_missing_reason()
-    if reason is not None:
-        raise BackendUnavailable(reason)
-
-
-def require_tensorrt() -> None:
-    reason = tensorrt_missing_reason()
-    if reason is not None:
-        raise BackendUnavailable(reason)
 
 
 def _torch_facts() -> dict[str, Any]:
@@ -107,7 +65,7 @@ def collect() -> dict[str, Any]:
     """The doctor report as plain data (JSON-serialisable)."""
     import ddpm_rt
     from ddpm_rt.gpu.probe import proven
-    from ddpm_rt.runtime.backend import REGISTRY, available_backends, unavailable_reason
+    from ddpm_rt.registry import REGISTRY, available_backends, unavailable_reason
 
     backends = {}
     for name in sorted(REGISTRY, key=lambda n: -REGISTRY[n].rank):

@@ -18,14 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ddpm_rt.bundle.load import Bundle, load_bundle
 from ddpm_rt.errors import BackendUnavailable
 from ddpm_rt.fsutil import LogFn
-from ddpm_rt.runtime.backend import (
-    REGISTRY,
-    Backend,
-    BackendOptions,
-    available_backends,
-    check_backend,
-    open_backend,
-)
+from ddpm_rt.registry import REGISTRY, available_backends, check_backend, open_backend
+from ddpm_rt.runtime.backend import Backend, BackendOptions
 from ddpm_rt.sources.source import ModelSource
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from ddpm_rt.bench.suites import BenchConfig, Log, TimedModel, same_weights
 from ddpm_rt.bench.timing import summary
 from ddpm_rt.errors import BackendUnavailable, ConfigError
 from ddpm_rt.prepare import open_for
-from ddpm_rt.runtime.backend import BackendOptions, check_backend
+from ddpm_rt.registry import check_backend
+from ddpm_rt.runtime.backend import BackendOptions
 from ddpm_rt.runtime.loop import sample_loop
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ from ddpm_rt.bench.timing import RssSampler, TimedModel, summary
 from ddpm_rt.errors import BackendUnavailable, ConfigError
 from ddpm_rt.machine import load_average, max_rss_bytes, usable_cores
 from ddpm_rt.prepare import choose_backend, open_for
-from ddpm_rt.runtime.backend import Backend, BackendOptions, available_backends
+from ddpm_rt.registry import available_backends
+from ddpm_rt.runtime.backend import Backend, BackendOptions
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
 
 if TYPE_CHECKING:

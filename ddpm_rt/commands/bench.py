@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.runtime.backend import BACKEND_NAMES
+from ddpm_rt.registry import BACKEND_NAMES
 
 
 def bench(
@@ -47,7 +47,7 @@ def bench(
     from ddpm_rt.bench.report import markdown_report, text_report
     from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite
     from ddpm_rt.fsutil import atomic_write_text
-    from ddpm_rt.runtime.backend import check_backend
+    from ddpm_rt.registry import check_backend
     from ddpm_rt.sources import resolve_source
 
     if plot is not None and plot.suffix.lower() != ".png":

@@ -26,8 +26,8 @@ def build(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Build (or find cached) a TensorRT engine for a bundle, for a batch range and precision."""
-    from ddpm_rt.doctor import require_tensorrt
     from ddpm_rt.errors import BundleError
+    from ddpm_rt.gpu.availability import require_tensorrt
     from ddpm_rt.gpu.trt_build import BuildConfig, ensure_engine
 
     # arguments first, then the bundle path, then the machine: each error is the most useful one

@@ -11,7 +11,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from ddpm_rt.runtime.backend import BACKEND_NAMES
+from ddpm_rt.registry import BACKEND_NAMES
 
 
 def sample(

@@ -31,9 +31,9 @@ def selfcheck(
 
     from ddpm_rt.bench.selfcheck import TOLERANCE, failures, render_markdown, run_selfcheck
     from ddpm_rt.bench.suites import parse_list
-    from ddpm_rt.doctor import require_tensorrt
     from ddpm_rt.errors import ConfigError, ExportError
     from ddpm_rt.fsutil import atomic_write_text
+    from ddpm_rt.gpu.availability import require_tensorrt
     from ddpm_rt.models.catalog import BUILTIN
 
     names = list(parse_list(models, allowed=(*BUILTIN, CIFAR_NAME), what="--models")) if models \

@@ -100,7 +100,7 @@ class DeviceLoop:
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            from ddpm_rt.doctor import CUDA_MISSING
+            from ddpm_rt.gpu.availability import CUDA_MISSING
 
             raise BackendUnavailable(CUDA_MISSING)
         self.denoise = denoise

@@ -74,7 +74,7 @@ class OrtDeviceBackend(DeviceLoopBackend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        from ddpm_rt.doctor import cuda_missing_reason
+        from ddpm_rt.gpu.availability import cuda_missing_reason
 
         return _provider_missing(cls.provider, GPU_HINT) or cuda_missing_reason()
 

@@ -63,7 +63,7 @@ class TorchCudaBackend(DeviceLoopBackend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        from ddpm_rt.doctor import cuda_missing_reason
+        from ddpm_rt.gpu.availability import cuda_missing_reason
 
         return cuda_missing_reason()
 

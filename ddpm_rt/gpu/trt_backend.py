@@ -109,7 +109,7 @@ class TrtBackend(DeviceLoopBackend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        from ddpm_rt.doctor import tensorrt_missing_reason
+        from ddpm_rt.gpu.availability import tensorrt_missing_reason
 
         return tensorrt_missing_reason()
 

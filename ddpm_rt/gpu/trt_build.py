@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_rt.bundle.contract import CONTRACT, GraphContract
-from ddpm_rt.doctor import require_tensorrt
 from ddpm_rt.errors import BundleError, ConfigError
 from ddpm_rt.fsutil import atomic_write_bytes, cache_root
+from ddpm_rt.gpu.availability import require_tensorrt
 from ddpm_rt.gpu.engine_cache import (
     CachedEngine,
     EngineCache,

@@ -1,4 +1,4 @@
-"""The backend protocol and the lazy registry (tinygrad-style: one file per backend, loaded by name).
+"""The backend protocol (tinygrad-style: one file per backend; `ddpm_rt.registry` loads them by name).
 
 A backend runs one denoiser for a fixed maximum batch. It is opened on an *artifact*,
 never on a model source: a `Bundle` for the ONNX and TensorRT backends, an `nn.Module`
@@ -10,13 +10,12 @@ device backends override ``_run`` with a loop that keeps every buffer on the GPU
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ddpm_rt.errors import BackendUnavailable, ConfigError
+from ddpm_rt.errors import ConfigError
 from ddpm_rt.plan import SamplingPlan
 from ddpm_rt.runtime.guard import FiniteGuard, check_finite
 from ddpm_rt.runtime.loop import ProgressFn, sample_loop
@@ -101,71 +100,3 @@ class Backend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class BackendEntry:
-    module: str
-    cls: str
-    rank: int  # auto picks the highest available rank that has proven itself
-    summary: str
-    artifact: ArtifactKind = "bundle"
-    gpu: bool = False  # fenced: auto picks it only after its first-use parity probe passed here
-
-
-# Ranks order `auto`: device backends first, then the CPU runtimes, then eager torch.
-REGISTRY: dict[str, BackendEntry] = {
-    "trt": BackendEntry("ddpm_rt.gpu.trt_backend", "TrtBackend", 60,
-                        "TensorRT engine, whole loop in one CUDA graph", gpu=True),
-    "ort-trt": BackendEntry("ddpm_rt.gpu.ort_gpu", "OrtTensorRTBackend", 50,
-                            "ONNX Runtime, TensorRT execution provider", gpu=True),
-    "torch-cuda": BackendEntry("ddpm_rt.gpu.torch_cuda_backend", "TorchCudaBackend", 45,
-                               "PyTorch on CUDA, device loop (+ CUDA graph)", artifact="module", gpu=True),
-    "ort-cuda": BackendEntry("ddpm_rt.gpu.ort_gpu", "OrtCudaBackend", 40,
-                             "ONNX Runtime, CUDA execution provider, device buffers", gpu=True),
-    "openvino": BackendEntry("ddpm_rt.runtime.openvino_backend", "OpenVinoBackend", 25,
-                             "OpenVINO on CPU, shared numpy buffers (fp32/bf16/fp16/int8)"),
-    "ort": BackendEntry("ddpm_rt.runtime.ort_backend", "OrtCpuBackend", 20, "ONNX Runtime on CPU, IO binding"),
-    "torch": BackendEntry("ddpm_rt.eager", "TorchBackend", 10, "PyTorch eager on CPU (the baseline)",
-                          artifact="module"),
-}
-BACKEND_NAMES = ("auto", *REGISTRY)
-
-
-def backend_class(name: str) -> type[Backend]:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    entry = REGISTRY[name]
-    try:
-        module = importlib.import_module(entry.module)
-    except ImportError as e:  # the backend's own module is missing a dependency at import time
-        raise BackendUnavailable(f"backend {name!r} cannot be imported: {e}") from None
-    return getattr(module, entry.cls)
-
-
-def unavailable_reason(name: str) -> str | None:
-    try:
-        return backend_class(name).unavailable_reason()
-    except BackendUnavailable as e:
-        return str(e)
-
-
-def available_backends() -> list[str]:
-    """Usable backend names, fastest first (availability only: see `runtime.select` for `auto`)."""
-    names = sorted(REGISTRY, key=lambda n: -REGISTRY[n].rank)
-    return [n for n in names if unavailable_reason(n) is None]
-
-
-def check_backend(name: str) -> str:
-    """`name` if it is a known, usable backend, else a one-line error saying why not."""
-    reason = unavailable_reason(name)
-    if reason is not None:
-        raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
-    return name
-
-
-def open_backend(name: str, artifact: Any, batch: int, options: BackendOptions | None = None) -> Backend:
-    """Open the concrete backend `name` on its artifact (a `Bundle` or an `nn.Module`) at a fixed batch."""
-    if batch < 1:
-        raise ConfigError(f"batch must be >= 1, got {batch}")
-    return backend_class(check_backend(name)).open(artifact, batch, options or BackendOptions())

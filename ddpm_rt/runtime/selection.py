@@ -110,10 +110,14 @@ Opener = Callable[[str, "Bundle", int, BackendOptions], Backend]
 
 
 def open_candidate(backend: str, bundle: Bundle, batch: int, options: BackendOptions) -> Backend:
-    """Open `backend` on `bundle` through the registry."""
-    from ddpm_rt.runtime.backend import open_backend
-
-    return open_backend(backend, bundle, batch, options)
+    """Open CPU runtime `backend` (ort | openvino) on `bundle`: the only backends the guard ranks."""
+    if backend == "ort":
+        from ddpm_rt.runtime.ort_backend import OrtCpuBackend as cls
+    elif backend == "openvino":
+        from ddpm_rt.runtime.openvino_backend import OpenVinoBackend as cls
+    else:
+        raise ConfigError(f"the quality guard ranks the CPU runtimes ort and openvino, not {backend!r}")
+    return cls.open(bundle, batch, options)
 
 
 # -- cache -----------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def bundle_content_key(bundle_dir: Path) -> str:
 def open_shard_backend(job: ShardJob, bundle_dir: Path | None = None) -> Backend:
     """Open `job.backend` on the bundle at `bundle_dir` (default: the job's) for one micro-batch."""
     from ddpm_rt.bundle.load import load_bundle
-    from ddpm_rt.runtime.backend import BackendOptions, open_backend
+    from ddpm_rt.registry import open_backend
+    from ddpm_rt.runtime.backend import BackendOptions
 
     bundle = load_bundle(Path(bundle_dir or job.bundle_dir))
     options = BackendOptions(threads=job.threads, precision=job.precision)
@@ -106,7 +107,7 @@ def prepare_job(
     """A job for `source` (built-in name, checkpoint, bundle): its bundle (exported once) and plan."""
     from ddpm_rt.errors import ConfigError
     from ddpm_rt.prepare import bundle_for, choose_backend
-    from ddpm_rt.runtime.backend import REGISTRY
+    from ddpm_rt.registry import REGISTRY
     from ddpm_rt.shards.layout import ShardLayout
     from ddpm_rt.sources import resolve_source
 

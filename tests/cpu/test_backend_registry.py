@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ddpm_rt import registry
 from ddpm_rt.errors import BackendUnavailable
 from ddpm_rt.prepare import choose_backend, open_for
-from ddpm_rt.runtime import backend as registry
-from ddpm_rt.runtime.backend import REGISTRY, BackendEntry, BackendOptions, unavailable_reason
+from ddpm_rt.registry import REGISTRY, BackendEntry, unavailable_reason
+from ddpm_rt.runtime.backend import BackendOptions
 from ddpm_rt.runtime.loop import initial_noise
 from ddpm_rt.sources import resolve_source
 

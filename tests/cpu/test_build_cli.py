@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_rt.doctor import CUDA_MISSING, TRT_MISSING
 from ddpm_rt.errors import BackendUnavailable, ConfigError
+from ddpm_rt.gpu.availability import CUDA_MISSING, NO_NVIDIA, TRT_MISSING, nvidia_device_present
 from ddpm_rt.gpu.trt_build import (
     BuildConfig,
     Precision,
@@ -26,6 +26,8 @@ from ddpm_rt.gpu.trt_build import (
 from tests.cli_helpers import assert_one_line_error, run_cli
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error paths")
+# the first thing missing on a machine without CUDA: the device itself, or a CUDA build of torch
+NO_CUDA_REASON = CUDA_MISSING if nvidia_device_present() else NO_NVIDIA
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
@@ -107,22 +109,45 @@ def test_build_config_validates() -> None:
 @no_cuda
 def test_gpu_backends_unavailable_with_one_line_reasons() -> None:
     from ddpm_rt.prepare import choose_backend
-    from ddpm_rt.runtime.backend import available_backends, check_backend, unavailable_reason
+    from ddpm_rt.registry import available_backends, check_backend, unavailable_reason
     from ddpm_rt.sources import resolve_source
 
-    assert unavailable_reason("torch-cuda") == CUDA_MISSING
-    assert unavailable_reason("trt") == CUDA_MISSING  # CUDA is the first thing missing
+    assert unavailable_reason("torch-cuda") == NO_CUDA_REASON
+    assert unavailable_reason("trt") == NO_CUDA_REASON  # CUDA is the first thing missing
     usable = available_backends()
     assert "trt" not in usable and "torch-cuda" not in usable
     assert choose_backend("auto", resolve_source("swissroll")).name not in ("trt", "torch-cuda")
-    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+    with pytest.raises(BackendUnavailable, match=NO_CUDA_REASON.split(" (")[0].split(":")[0]):
         check_backend("trt")
+
+
+def test_no_nvidia_device_is_known_without_torch(tmp_path) -> None:
+    dev, proc = tmp_path / "dev", tmp_path / "proc-nvidia"
+    dev.mkdir()
+    assert not nvidia_device_present(dev, proc)
+    (dev / "nvidia0").touch()
+    assert nvidia_device_present(dev, proc)
+    (dev / "nvidia0").unlink()
+    proc.mkdir()
+    assert nvidia_device_present(dev, proc)
+
+
+@pytest.mark.skipif(nvidia_device_present(), reason="this machine shows an NVIDIA device")
+def test_gpu_availability_imports_no_torch_without_a_device() -> None:
+    code = ("import sys\nfrom ddpm_rt.registry import available_backends, unavailable_reason\n"
+            "usable = available_backends()\n"
+            "assert unavailable_reason('torch-cuda').startswith('no NVIDIA GPU'), unavailable_reason('torch-cuda')\n"
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('ddpm_rt.gpu.trt', "
+            "'ddpm_rt.gpu.torch', 'ddpm_rt.gpu.ort')))\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_tensorrt_missing_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    import ddpm_rt.doctor as doctor
+    import ddpm_rt.gpu.availability as doctor
     from ddpm_rt.gpu.trt_backend import TrtBackend
 
     real = importlib.util.find_spec
@@ -136,7 +161,7 @@ def test_tensorrt_missing_reason(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_build_without_tensorrt_through_main(monkeypatch, capsys, tmp_path) -> None:
     import importlib.util
 
-    import ddpm_rt.doctor as doctor
+    import ddpm_rt.gpu.availability as doctor
 
     real = importlib.util.find_spec
     monkeypatch.setattr(doctor, "cuda_missing_reason", lambda: None)
@@ -150,7 +175,7 @@ def test_import_never_pulls_tensorrt() -> None:
         "import sys, ddpm_rt, ddpm_rt.cli, ddpm_rt.doctor, ddpm_rt.gpu.trt_build, "
         "ddpm_rt.gpu.engine_cache, ddpm_rt.gpu.trt_backend, ddpm_rt.gpu.torch_cuda_backend, "
         "ddpm_rt.gpu.device_loop\n"
-        "from ddpm_rt.runtime.backend import available_backends; available_backends()\n"
+        "from ddpm_rt.registry import available_backends; available_backends()\n"
         "assert 'tensorrt' not in sys.modules, 'tensorrt imported'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -182,14 +207,14 @@ def test_build_missing_bundle(tmp_path) -> None:
 def test_build_without_cuda(tmp_path) -> None:
     proc = run_cli("build", str(tmp_path))
     assert proc.returncode == 2
-    assert_one_line_error(proc, "no CUDA device", "CUDA build of torch")
+    assert_one_line_error(proc, NO_CUDA_REASON)
 
 
 @no_cuda
 def test_selfcheck_without_cuda(tmp_path) -> None:
     proc = run_cli("selfcheck", "--out", str(tmp_path / "sc"), "--models", "swissroll")
     assert proc.returncode == 2
-    assert_one_line_error(proc, "no CUDA device")
+    assert_one_line_error(proc, NO_CUDA_REASON)
     assert not (tmp_path / "sc").exists()  # nothing half-written
 
 
@@ -212,7 +237,7 @@ def test_sample_on_gpu_backend_without_cuda(monkeypatch, capsys, tmp_path, backe
     code, err = run_main(monkeypatch, capsys, "sample", "swissroll", "--steps", "5", "--backend", backend,
                          "--out", str(tmp_path / "s.npy"))
     err = [ln for ln in err if not ln.startswith("warning:")]  # untrained built-in note
-    assert_one_error(code, err, backend, "no CUDA device")
+    assert_one_error(code, err, backend, NO_CUDA_REASON)
 
 
 def test_doctor_text(monkeypatch, capsys) -> None:
@@ -235,7 +260,7 @@ def test_doctor_json() -> None:
         assert b["reason"] is None or "\n" not in b["reason"]
     if not torch.cuda.is_available():
         assert report["auto"] not in ("trt", "torch-cuda", "ort-cuda", "ort-trt")
-        assert report["backends"]["trt"]["reason"] == CUDA_MISSING
+        assert report["backends"]["trt"]["reason"] == NO_CUDA_REASON
 
 
 # -- selfcheck report helpers (formatting only; no figures are produced here) -----------------

@@ -14,7 +14,7 @@ from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.errors import BundleError
 from ddpm_rt.exporter.cache import cached_bundle
 from ddpm_rt.exporter.export import ExportOptions, export_bundle
-from ddpm_rt.runtime.backend import open_backend
+from ddpm_rt.registry import open_backend
 from ddpm_rt.schedule import ScheduleSpec
 from ddpm_rt.sources import SourceKind, resolve_source
 from ddpm_rt.spec import DiffusionSpec

@@ -15,8 +15,9 @@ from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError
 from ddpm_rt.models.catalog import get_builtin
 from ddpm_rt.prepare import choose_backend, open_for
+from ddpm_rt.registry import open_backend
 from ddpm_rt.runtime import ort_cache
-from ddpm_rt.runtime.backend import BackendOptions, open_backend
+from ddpm_rt.runtime.backend import BackendOptions
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
 from ddpm_rt.schedule import ScheduleSpec
 from ddpm_rt.sources import ModelSource
@@ -226,7 +227,7 @@ def test_auto_picks_ort_without_cuda(swissroll):
 def test_gpu_backends_say_how_to_install(name, swissroll):
     import onnxruntime as ort
 
-    from ddpm_rt.runtime.backend import unavailable_reason
+    from ddpm_rt.registry import unavailable_reason
 
     provider = {"ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}[name]
     if provider in ort.get_available_providers():

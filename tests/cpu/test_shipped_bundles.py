@@ -8,7 +8,8 @@ import pytest
 from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.exporter.export import ExportOptions, export_bundle
 from ddpm_rt.models.catalog import BUILTIN, has_shipped_weights, shipped_bundle
-from ddpm_rt.runtime.backend import BackendOptions, open_backend
+from ddpm_rt.registry import open_backend
+from ddpm_rt.runtime.backend import BackendOptions
 from ddpm_rt.sources import resolve_source
 
 
