@@ -40,7 +40,7 @@ class TorchBackend(Backend):
     def open(cls, module: torch.nn.Module, batch: int, options: BackendOptions) -> TorchBackend:
         return cls(module, options.threads)
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            return self.module(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+            return self.module(torch.from_numpy(x), torch.from_numpy(t), *map(torch.from_numpy, cond)).numpy()

@@ -78,11 +78,16 @@ def karras_levels(level_all: np.ndarray, steps: int, sampler: str, cosine: bool)
     return t.astype(np.int64), sig
 
 
-def orders(sampler: str, steps: int, lower_order_final: bool) -> np.ndarray:
-    """The order each step uses, int64 [N] (see the module docstring)."""
+def orders(sampler: str, steps: int, lower_order_final: bool, start: int = 0) -> np.ndarray:
+    """The order each step uses, int64 [N] (see the module docstring).
+
+    With `start` > 0 (an edit that begins mid-schedule) the solver warms up from step `start`, as
+    diffusers' schedulers after ``set_begin_index``: order <= i - start + 1. The final-step rules
+    stay tied to the full schedule of N steps. Steps before `start` are never run (order 0).
+    """
     i = np.arange(steps)
     k = MAX_ORDER[sampler]
-    o = np.minimum(k, i + 1)
+    o = np.clip(np.minimum(k, i - start + 1), 0, None)
     if sampler.startswith("dpmpp") and lower_order_final and steps < 15:
         o[-2:] = np.minimum(o[-2:], 2)
     if sampler == "unipc" and lower_order_final:
@@ -156,8 +161,10 @@ def _unipc(order: int, lam: np.ndarray, i: int, alpha_t: float, corrector: bool)
     return w - alpha_t * phi * res  # B_h = h_phi_1 for bh2
 
 
-def history_coefficients(sampler: str, level: np.ndarray, lower_order_final: bool) -> tuple[np.ndarray, ...]:
-    """(a [N], w [N, H + 1], orders [N]) in float64 for noise levels `level` = s_0..s_N (s_N = 0)."""
+def history_coefficients(sampler: str, level: np.ndarray, lower_order_final: bool,
+                         start: int = 0) -> tuple[np.ndarray, ...]:
+    """(a [N - start], w [N - start, H + 1], orders [N - start]) in float64 for noise levels
+    `level` = s_0..s_N (s_N = 0), for the steps start..N-1 of a run that begins at step `start`."""
     if sampler not in MULTISTEP:
         raise ConfigError(f"{sampler!r} is not a multistep sampler; choose one of {', '.join(MULTISTEP)}")
     n = len(level) - 1
@@ -165,11 +172,11 @@ def history_coefficients(sampler: str, level: np.ndarray, lower_order_final: boo
     sig = level * alpha  # sigma_N = 0
     with np.errstate(divide="ignore"):
         lam = -np.log(level)  # lambda_N = +inf
-    order = orders(sampler, n, lower_order_final)
-    a = np.empty(n)
+    order = orders(sampler, n, lower_order_final, start)
+    a = np.zeros(n)
     w = np.zeros((n, 4))  # (d_i, d_{i-1}, d_{i-2}, d_{i-3}); cut to H + 1 below
     p_prev = np.zeros(3)  # UniPC: the previous step's predictor weights P_{i-1}
-    for i in range(n):
+    for i in range(start, n):
         o = int(order[i])
         if sampler == "ipndm":
             # x'/alpha' = x/alpha + (s' - s)·Σ_j c_j·d_{i-j}
@@ -185,11 +192,11 @@ def history_coefficients(sampler: str, level: np.ndarray, lower_order_final: boo
         # UniPC: x_{i+1} = a_i·c_i + P_i, c_i = x_i + C_i - P_{i-1} (module docstring)
         pred = _unipc(o, lam, i, alpha[i + 1], corrector=False)
         w[i, :3] = pred
-        if i > 0:
+        if i > start:  # no corrector on the first step run (diffusers: last_sample is None there)
             c = _unipc(int(order[i - 1]), lam, i, alpha[i], corrector=True)
             # P_{i-1} was over (d_{i-1}, d_{i-2}): one place later in step i's frame
             w[i, :3] += a[i] * (c - np.r_[0.0, p_prev[:2]])
         p_prev = pred
     assert a.shape == (n,) and w.shape == (n, 4)
-    assert np.all(w[np.arange(4)[None, :] > np.arange(n)[:, None]] == 0), "a weight on d before step 0"
-    return a, w[:, : HISTORY[sampler] + 1], order
+    assert np.all(w[np.arange(4)[None, :] > np.arange(n)[:, None] - start] == 0), "a weight on d before the start"
+    return a[start:], w[start:, : HISTORY[sampler] + 1], order[start:]

@@ -27,6 +27,19 @@ Loops keep d in a ring of H + 1 buffers, d_i in slot i mod (H + 1) (`SamplingPla
 zeroed before step 0 (weights of d's from before step 0 are 0, but 0·garbage could be NaN).
 A plain plan (ddpm, ddim, ...) has H = 0: with clip its ring is the one clipped-x0^ buffer.
 The loop only indexes these tables.
+
+Editing (SDEdit / img2img strength, inpainting, RePaint; `ddpm_rt.editing`):
+
+    start    the plan runs the last N - start of the N-step schedule (diffusers' t_start); the
+             multistep solvers warm up from there (lower orders first)
+    init     (ix, in): with an image, x_start = ix·image + in·z, the schedule's forward
+             coefficients at the first row's level (Ho et al. eq. 4; float64 → float32)
+    kx, kn   the known region after row i is kx_i·image + kn_i·z_i (z_i = row i's own noise, as
+             diffusers' RePaintScheduler); the last calling row has (1, 0), so the final known
+             region is the image itself
+    calls    int8 per row: 1 = the row calls the denoiser; 0 = a RePaint undo row, which only
+             re-noises (x' = a·x + sigma·z, Lugmayr et al. 2022 Alg. 1 line 10); 2 = a
+             feature-cache row (the shallow graph)
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from ddpm_rt.schedule import (
     alpha_power_levels,
     alphas_cumprod,
     check_steps,
+    interp_levels,
     respace,
     respace_multistep,
 )
@@ -69,6 +83,8 @@ class SamplerSpec:
     step_scale: float = 1.0  # geometric (seed 004): the STEP_SIZE exponent
     karras_sigmas: bool = False  # multistep: noise levels of Karras et al. 2022 (rho = 7)
     lower_order_final: bool = True  # dpmpp/unipc: lower orders on the last steps of short runs
+    start: int = 0  # editing: skip the first `start` of the `steps` steps (diffusers' t_start)
+    repaint: tuple[int, int] | None = None  # RePaint (jump_length, jump_n_sample); ddim only
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -85,6 +101,18 @@ class SamplerSpec:
             raise ConfigError(f"eta must be >= 0, got {self.eta}")
         if self.step_scale <= 0:
             raise ConfigError(f"step_scale must be > 0, got {self.step_scale}")
+        if not 0 <= self.start < self.steps:
+            raise ConfigError(f"the plan would run no step: start {self.start} of {self.steps} steps; "
+                              f"the start must be in 0..{self.steps - 1} (raise the strength or the steps)")
+        if self.repaint is not None:
+            jump, resample = self.repaint
+            if jump < 1 or resample < 1:
+                raise ConfigError(f"RePaint needs jump length >= 1 and resample count >= 1, got {jump}, {resample}")
+            if self.sampler != "ddim":
+                raise ConfigError(f"RePaint resampling runs on the ddim update (eta sets the noise), not "
+                                  f"{self.sampler!r}; use --sampler ddim (--eta 1 for DDPM-like steps)")
+            if self.start:
+                raise ConfigError("RePaint resampling starts from the top of the schedule; drop --strength")
 
     @property
     def deterministic(self) -> bool:
@@ -109,11 +137,22 @@ class SamplingPlan:
     meta: dict = field(default_factory=dict)
     # float32 [N, H]: weight of d_{i-j} (j = 1..H) in step i; H = 0 for single-step samplers
     hist: np.ndarray | None = None
+    # editing (module docstring): the known region after row i is kx·image + kn·z_i
+    kx: np.ndarray | None = None  # float32 [N]
+    kn: np.ndarray | None = None  # float32 [N]
+    calls: np.ndarray | None = None  # int8 [N]: 1 denoiser call, 0 undo row (no call), 2 feature-cache row
+    init: tuple[float, float] = (0.0, 1.0)  # x_start = ix·image + in·z (float32 values)
 
     def __post_init__(self) -> None:
-        if self.hist is None:
-            object.__setattr__(self, "hist", np.zeros((self.steps, 0), dtype=np.float32))
-        assert self.hist.shape[0] == self.steps and self.hist.dtype == np.float32, self.hist.shape
+        n = self.steps
+        defaults = {"hist": np.zeros((n, 0), np.float32), "kx": np.ones(n, np.float32),
+                    "kn": np.zeros(n, np.float32), "calls": np.ones(n, np.int8)}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        assert self.hist.shape[0] == n and self.hist.dtype == np.float32, self.hist.shape
+        assert self.kx.shape == self.kn.shape == (n,) and self.kx.dtype == self.kn.dtype == np.float32
+        assert self.calls.shape == (n,) and self.calls.dtype == np.int8
 
     @property
     def steps(self) -> int:
@@ -142,12 +181,47 @@ class SamplingPlan:
     def stochastic(self) -> bool:
         return bool(np.any(self.sigma > 0))
 
+    @property
+    def start(self) -> int:
+        return self.sampler.start
+
+    @property
+    def model_calls(self) -> int:
+        """Rows that call the denoiser (all of them but RePaint's undo rows)."""
+        return int(np.count_nonzero(self.calls))
+
+    @property
+    def uniform(self) -> bool:
+        """Every row calls the full denoiser (no undo rows, no feature-cache rows)."""
+        return bool(np.all(self.calls == 1))
+
+    def noise_rows(self, masked: bool = False) -> np.ndarray:
+        """bool [N] (read-only, made once): rows that read their noise z_i — sigma > 0, or, with a
+        mask, a calling row whose known region is still noisy."""
+        return self._noise_rows[int(masked)]
+
+    @cached_property
+    def _noise_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        plain = self.sigma > 0
+        masked = plain | ((self.kn > 0) & (self.calls != 0))
+        for rows in (plain, masked):
+            rows.setflags(write=False)
+        return plain, masked
+
+    ROW_FIELDS = ("timesteps", "train_timesteps", "a", "b", "sigma", "cx", "co", "p0", "hist", "kx", "kn", "calls")
+
     def head(self, k: int) -> SamplingPlan:
         """The first `k` steps alone (e.g. one step = one denoiser call, for per-call parity)."""
         if not 1 <= k <= self.steps:
             raise ConfigError(f"head({k}) of a {self.steps}-step plan: k must be in 1..{self.steps}")
-        cut = {f: getattr(self, f)[:k].copy() for f in
-               ("timesteps", "train_timesteps", "a", "b", "sigma", "cx", "co", "p0", "hist")}
+        return self.rows(0, k)
+
+    def rows(self, lo: int, hi: int) -> SamplingPlan:
+        """Rows lo..hi-1 as a plan of their own (single-step rows only make sense alone: a
+        multistep row reads the history of the rows before it)."""
+        if not 0 <= lo < hi <= self.steps:
+            raise ConfigError(f"rows({lo}, {hi}) of a {self.steps}-step plan: need 0 <= lo < hi <= {self.steps}")
+        cut = {f: getattr(self, f)[lo:hi].copy() for f in self.ROW_FIELDS}
         return replace(self, **cut, meta=dict(self.meta))
 
     def table(self) -> np.ndarray:
@@ -211,7 +285,76 @@ def _vp_plan(
     else:
         a, b = x_coef, out_coef
     return _tables(spec, ts.astype(np.float64), ts, a, b, sigma, cx, co, p0, clip,
-                   {"alphas_cumprod": ac, "alphas_cumprod_prev": ac_prev})
+                   {"alphas_cumprod": ac, "alphas_cumprod_prev": ac_prev},
+                   levels=(_vp_forward(ac), _vp_forward(ac_prev)))
+
+
+def _vp_forward(ac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(signal, noise) of x = sqrt(abar)·x0 + sqrt(1 - abar)·z (Ho et al. eq. 4)."""
+    return np.sqrt(ac), np.sqrt(1.0 - ac)
+
+
+def _repaint_plan(
+    schedule: ScheduleSpec, prediction_type: str, spec: SamplerSpec, clip: tuple[float, float] | None
+) -> SamplingPlan:
+    """RePaint (Lugmayr et al. 2022) as diffusers' RePaintScheduler: a DDIM step at every kept
+    timestep of the back-and-forth schedule, and an undo row wherever the schedule goes up.
+
+    Timesteps (set_timesteps): on the N-step grid t·(T // N), from N - 1 down to 0; at every
+    jump point j = 0, L, 2L, ... < N - L the walk goes back up L steps, R - 1 times. A step at t
+    goes to t - T // N (abar 1 after the last); an undo row after a step at t_last re-noises with
+    betas[t_last .. t_last + T // N - 1] (undo_step): x' = sqrt(prod(1 - beta))·x +
+    sqrt(1 - prod(1 - beta))·z, one draw for the whole jump (the same distribution as diffusers'
+    T // N successive draws).
+    """
+    T, n_steps = schedule.num_train_timesteps, spec.steps
+    check_steps(n_steps, T)
+    jump, resample = spec.repaint
+    grid = T // n_steps
+    jumps = {j: resample - 1 for j in range(0, n_steps - jump, jump)}
+    walk, t = [], n_steps
+    while t >= 1:
+        t -= 1
+        walk.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(jump):
+                t += 1
+                walk.append(t)
+    ts = np.asarray(walk, dtype=np.int64) * grid
+    acs = alphas_cumprod(schedule)
+    betas = 1.0 - acs / np.concatenate([[1.0], acs[:-1]])
+    rows = len(ts)
+    calls = np.ones(rows, np.int8)
+    last = ts[0] + 1
+    for i, t in enumerate(ts):  # the pipeline: a step where t < t_last, else undo from t_last
+        calls[i] = 1 if t < last else 0
+        if calls[i] == 0:
+            undo_from = last
+        last = t
+        ts[i] = t if calls[i] else undo_from  # an undo row records the timestep it starts from
+    ac = acs[ts]
+    prev = ts - grid
+    ac_prev = np.where(prev >= 0, acs[np.maximum(prev, 0)], 1.0)
+    cx, co, ex, eo = _x0_eps_coefficients(prediction_type, ac)
+    var = (1.0 - ac_prev) / (1.0 - ac) * (1.0 - ac / ac_prev)
+    sigma = np.where(ts > 0, spec.eta * np.sqrt(var), 0.0)  # diffusers adds no variance at t = 0
+    p0 = np.sqrt(ac_prev)
+    d = np.sqrt(np.maximum(1.0 - ac_prev - (spec.eta * np.sqrt(var)) ** 2, 0.0))
+    a, b = d * ex, d * eo
+    if clip is None:
+        a, b, p0 = a + p0 * cx, b + p0 * co, np.zeros_like(p0)
+    # undo rows: no call, x' = sqrt(prod(1 - beta))·x + sqrt(1 - prod)·z
+    undo = calls == 0
+    keep = np.array([np.prod(1.0 - betas[t:min(t + grid, T)]) for t in ts[undo]])
+    a[undo], b[undo], p0[undo], cx[undo], co[undo] = np.sqrt(keep), 0.0, 0.0, 0.0, 0.0
+    sigma[undo] = np.sqrt(1.0 - keep)
+    sig_out, noi_out = _vp_forward(ac_prev)
+    return _tables(replace(spec, steps=rows), ts.astype(np.float64), ts, a, b, sigma, cx, co, p0, clip,
+                   {"alphas_cumprod": ac, "alphas_cumprod_prev": ac_prev, "grid_steps": n_steps,
+                    "repaint": list(spec.repaint)},
+                   levels=(_vp_forward(ac), (np.where(undo, 0.0, sig_out), np.where(undo, 0.0, noi_out))),
+                   calls=calls, sampler_spec=spec)
 
 
 def _multistep_plan(
@@ -232,8 +375,12 @@ def _multistep_plan(
         ts = respace_multistep(T, spec.steps, spec.spacing, spec.steps_offset)
         level = level_all[ts]
     level = np.concatenate([level, [0.0]])  # s_N = 0: the last step lands on clean data
-    a, w, order = multistep.history_coefficients(name, level, spec.lower_order_final)
-    ac = 1.0 / (1.0 + level[:-1] ** 2)  # abar at s_i (= abar[t_i] without Karras)
+    a, w, order = multistep.history_coefficients(name, level, spec.lower_order_final, spec.start)
+    # rows before `start` are never run: zeros, cut by _tables with every other column
+    a, w = (np.concatenate([np.zeros((spec.start, *v.shape[1:])), v]) for v in (a, w))
+    order = np.concatenate([np.zeros(spec.start, np.int64), order])
+    ac = 1.0 / (1.0 + level ** 2)  # abar at s_i (= abar[t_i] without Karras); 1 at s_N = 0
+    ac, ac_next = ac[:-1], ac[1:]
     cx, co, ex, eo = _x0_eps_coefficients(prediction_type, ac)
     if multistep.CONVERTS_TO[name] == "eps":
         cx, co = ex, eo
@@ -243,11 +390,12 @@ def _multistep_plan(
         # fold d_i's own term into a and b in float64 (as for ddim): x/alpha and s·eps^ nearly
         # cancel at high noise, which float32 would not survive. d_i is still stored for later steps.
         a, b, p0 = a + p0 * cx, p0 * co, z
-    plan = _tables(spec, ts.astype(np.float64), ts, a, b, z, cx, co, p0, clip,
-                   {"noise_levels": level, "orders": order.tolist(), "converts_to": multistep.CONVERTS_TO[name]})
-    hist = np.ascontiguousarray(w[:, 1:].astype(np.float32))
+    hist = np.ascontiguousarray(w[:, 1:])
     assert hist.shape == (spec.steps, multistep.HISTORY[name]) and np.all(np.isfinite(hist))
-    return replace(plan, hist=hist)
+    return _tables(spec, ts.astype(np.float64), ts, a, b, z, cx, co, p0, clip,
+                   {"noise_levels": level, "orders": order[spec.start:].tolist(),
+                    "converts_to": multistep.CONVERTS_TO[name]},
+                   levels=(_vp_forward(ac), _vp_forward(ac_next)), hist=hist)
 
 
 def _direct_plan(schedule: ScheduleSpec, spec: SamplerSpec) -> SamplingPlan:
@@ -259,7 +407,9 @@ def _direct_plan(schedule: ScheduleSpec, spec: SamplerSpec) -> SamplingPlan:
         )
     k = np.arange(T)
     n = np.zeros(T)
-    return _tables(spec, k.astype(np.float64), k, n, n + 1.0, n, n, n, n, None, {})
+    a_k = interp_levels(schedule)  # noise share a_0 = 1 .. a_T = 0: x_k = (1 - a_k)·x0 + a_k·z
+    return _tables(spec, k.astype(np.float64), k, n, n + 1.0, n, n, n, n, None, {},
+                   levels=((1.0 - a_k[:-1], a_k[:-1]), (1.0 - a_k[1:], a_k[1:])))
 
 
 def _geometric_plan(schedule: ScheduleSpec, spec: SamplerSpec) -> SamplingPlan:
@@ -274,18 +424,35 @@ def _geometric_plan(schedule: ScheduleSpec, spec: SamplerSpec) -> SamplingPlan:
     a = np.full(spec.steps, 1.0 / g)
     b = np.full(spec.steps, -(1.0 - g) / g)
     z = np.zeros(spec.steps)
-    return _tables(spec, level, n, a, b, z, z, z, z, None, {"alpha_prime": alpha_p})
+    after = alpha_power_levels(alpha_p, n - 1)  # A_n = alpha^n·A_0 + (1 - alpha^n)·N
+    return _tables(spec, level, n, a, b, z, z, z, z, None, {"alpha_prime": alpha_p},
+                   levels=((level, 1.0 - level), (after, 1.0 - after)))
 
 
-def _tables(spec, t_model, t_train, a, b, sigma, cx, co, p0, clip, meta) -> SamplingPlan:
-    f32 = [np.ascontiguousarray(np.asarray(v, dtype=np.float64).astype(np.float32))
-           for v in (t_model, a, b, sigma, cx, co, p0)]
+def _tables(spec, t_model, t_train, a, b, sigma, cx, co, p0, clip, meta, *, levels, hist=None, calls=None,
+            sampler_spec=None) -> SamplingPlan:
+    """float64 columns of the whole N-step schedule -> the float32 plan of rows start..N-1.
+
+    `levels` = ((signal, noise) at each row's input, (signal, noise) after it): the forward
+    coefficients that give `init` (row `start`'s input level) and the known-region columns.
+    """
+    n, start = spec.steps, spec.start
+    (sig_in, noi_in), (sig_out, noi_out) = levels
+    kx, kn = np.array(sig_out, np.float64), np.array(noi_out, np.float64)
+    calls = np.ones(n, np.int8) if calls is None else np.asarray(calls, np.int8)
+    last = np.flatnonzero(calls)[-1]
+    kx[last], kn[last] = 1.0, 0.0  # the last call lands on clean data: the known region is the image
+    cols = [np.asarray(v, dtype=np.float64)[start:] for v in (t_model, a, b, sigma, cx, co, p0, kx, kn)]
+    f32 = [np.ascontiguousarray(v.astype(np.float32)) for v in cols]
     for arr in f32:
-        assert arr.shape == (spec.steps,), arr.shape
+        assert arr.shape == (n - start,), arr.shape
         assert np.all(np.isfinite(arr)), "non-finite coefficient in sampling plan"
-    tm, a, b, sigma, cx, co, p0 = f32
-    return SamplingPlan(spec, tm, np.asarray(t_train, dtype=np.int64), a, b, sigma, cx, co, p0,
-                        None if clip is None else (float(clip[0]), float(clip[1])), meta)
+    tm, a, b, sigma, cx, co, p0, kx, kn = f32
+    h = None if hist is None else np.ascontiguousarray(np.asarray(hist, np.float64)[start:].astype(np.float32))
+    init = (float(np.float32(np.asarray(sig_in)[start])), float(np.float32(np.asarray(noi_in)[start])))
+    return SamplingPlan(sampler_spec or spec, tm, np.asarray(t_train, dtype=np.int64)[start:].copy(),
+                        a, b, sigma, cx, co, p0, None if clip is None else (float(clip[0]), float(clip[1])),
+                        meta, hist=h, kx=kx, kn=kn, calls=np.ascontiguousarray(calls[start:]), init=init)
 
 
 def build_plan(
@@ -310,6 +477,10 @@ def build_plan(
     if sampler.karras_sigmas and sampler.sampler not in multistep.MULTISTEP:
         raise ConfigError(f"Karras noise levels need a multistep sampler ({', '.join(multistep.MULTISTEP)}), "
                           f"not {sampler.sampler!r}; drop karras_sigmas or change the sampler")
+    if sampler.repaint is not None:
+        if schedule.family != "vp":
+            raise ConfigError(f"RePaint needs a VP (ddpm/ddim) schedule, not {schedule.kind!r}")
+        return _repaint_plan(schedule, prediction_type, sampler, clip)
     if sampler.sampler in multistep.MULTISTEP:
         return _multistep_plan(schedule, prediction_type, sampler, clip)
     if schedule.family == "vp":

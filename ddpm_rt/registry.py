@@ -39,12 +39,22 @@ def _tensorrt() -> str | None:
     return tensorrt_missing_reason()
 
 
+def _ort_provider(provider: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        from ddpm_rt.runtime.ort_backend import _provider_missing
+
+        return _provider_missing(provider, "install onnxruntime-gpu: pip install 'ddpm-rt[ort-gpu]'")
+    return check
+
+
 # What an entry needs, checked before its module is imported (no torch, no GPU library).
 NEEDS: dict[str, Callable[[], str | None]] = {
     "torch": _package_missing("torch", "torch"),
     "openvino": _package_missing("openvino", "openvino"),
     "cuda": _cuda,
     "tensorrt": _tensorrt,
+    "ort-cuda-ep": _ort_provider("CUDAExecutionProvider"),
+    "ort-trt-ep": _ort_provider("TensorrtExecutionProvider"),
 }
 
 
@@ -66,13 +76,13 @@ REGISTRY: dict[str, BackendEntry] = {
                         needs=("cuda", "tensorrt")),
     "ort-trt": BackendEntry("ddpm_rt.gpu.ort_gpu", "OrtTensorRTBackend", 50,
                             "ONNX Runtime, TensorRT execution provider", gpu=True,
-                            needs=("cuda",)),
+                            needs=("ort-trt-ep", "cuda")),
     "torch-cuda": BackendEntry("ddpm_rt.gpu.torch_cuda_backend", "TorchCudaBackend", 45,
                                "PyTorch on CUDA, device loop (+ CUDA graph)", artifact="module", gpu=True,
                                needs=("cuda",)),
     "ort-cuda": BackendEntry("ddpm_rt.gpu.ort_gpu", "OrtCudaBackend", 40,
                              "ONNX Runtime, CUDA execution provider, device buffers", gpu=True,
-                             needs=("cuda",)),
+                             needs=("ort-cuda-ep", "cuda")),
     "openvino": BackendEntry("ddpm_rt.runtime.openvino_backend", "OpenVinoBackend", 25,
                              "OpenVINO on CPU, shared numpy buffers (fp32/bf16/fp16/int8)",
                              needs=("openvino",)),

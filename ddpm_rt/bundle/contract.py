@@ -47,7 +47,10 @@ class GraphContract:
 
     def for_spec(self, spec: DiffusionSpec) -> GraphContract:
         """This contract with the conditioning inputs `spec` declares."""
-        return replace(self, conditioning=tuple(spec.conditioning))
+        return self.for_conditioning(spec.conditioning)
+
+    def for_conditioning(self, conditioning: tuple[CondInput, ...]) -> GraphContract:
+        return replace(self, conditioning=tuple(conditioning))
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -19,7 +19,14 @@ copy and no allocation of its own (same math and order as ``runtime.loop.sample_
 slot(i, j) = plan.ring_slots[i, j] is a fixed buffer per step: nothing rotates on the host,
 so a captured graph replays the same reads and writes. The ring is zeroed before each run.
 
-Noise convention (as in the host loop): step i uses noise only where sigma_i > 0. With
+Conditional models and edits run in the same loop (as the host loop does; `runtime.guidance`,
+`ddpm_rt.editing`): the conditioning tensors live on the device; classifier-free guidance calls
+``denoise`` once on static 2B buffers (x and t repeated, [labels; null]) or twice on B through one
+conditioning buffer refilled in place, then combines u + w·(c − u) (and rescale) on the device.
+RePaint undo rows skip the call; a mask replaces the known region after every calling row
+(``torch.where`` on a static known buffer). Classifier guidance runs on host backends only.
+
+Noise convention (as in the host loop): step i uses noise only where it draws (`plan.noise_rows`). With
 an rng the draws happen at those steps only, in order, each of shape x; with a caller
 noise array [N, B, ...] row i is used at step i. The rows actually used are copied to
 the device once per ``sample()``.
@@ -43,21 +50,39 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm_rt.editing import Edit
 from ddpm_rt.errors import BackendUnavailable, ConfigError
 from ddpm_rt.plan import SamplingPlan
+from ddpm_rt.runtime.guidance import Guidance
 from ddpm_rt.runtime.loop import ProgressFn
 
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+DenoiseFn = Callable[..., None]  # denoise(x, t, out, *cond): writes the model output into `out`
 
 # plan.table() columns
 _T, _A, _B, _SIGMA, _CX, _CO, _P0 = range(7)
 
 
-def _plan_signature(plan: SamplingPlan, shape: tuple[int, ...]) -> str:
+def _plan_signature(plan: SamplingPlan, shape: tuple[int, ...], extra: str = "") -> str:
     h = hashlib.sha256(plan.table().tobytes())
-    h.update(plan.hist.tobytes())
-    h.update(repr((plan.steps, plan.clip, plan.depth, shape)).encode())
+    for column in (plan.hist, plan.kx, plan.kn, plan.calls):
+        h.update(column.tobytes())
+    h.update(repr((plan.steps, plan.clip, plan.depth, plan.init, shape, extra)).encode())
     return h.hexdigest()
+
+
+@dataclass(eq=False)
+class _Guided:
+    """Device buffers of classifier-free guidance for one state."""
+
+    scale: float
+    rescale: float
+    cond: list[torch.Tensor]  # the conditioning the call reads: [labels; null] (2B) or one B buffer
+    labels: list[torch.Tensor] = field(default_factory=list)  # split mode: refilled into `cond`
+    null: list[torch.Tensor] = field(default_factory=list)
+    x2: torch.Tensor | None = None  # batched mode: (2B, ...)
+    t2: torch.Tensor | None = None
+    out2: torch.Tensor | None = None
+    c_out: torch.Tensor | None = None  # split mode: the conditional half
 
 
 @dataclass(eq=False)
@@ -82,6 +107,15 @@ class _LoopState:
     z_rows: list[torch.Tensor]  # z_rows[k]: view of row k, made once
     x_stage: torch.Tensor  # (B, ...) host staging for x_init (pinned on CUDA)
     z_stage: torch.Tensor | None  # (K, B, ...) host staging for the noise
+    guided: _Guided | None = None  # classifier-free guidance buffers (conditional models)
+    cond: list[torch.Tensor] = field(default_factory=list)  # conditioning of an unguided call
+    image: torch.Tensor | None = None  # edit: (B, ...) the image (start and known region)
+    mask: torch.Tensor | None = None  # edit: (B, ...) bool, True = known
+    known: torch.Tensor | None = None  # edit: (B, ...) the known region of the current row
+    calls: list[int] = field(default_factory=list)  # plan.calls: 0 = undo row (no call)
+    kx: list[torch.Tensor] = field(default_factory=list)  # 0-d views, the known-region coefficients
+    kn: list[torch.Tensor] = field(default_factory=list)
+    init: tuple[float, float] = (0.0, 1.0)
     graph: Any = None  # torch.cuda.CUDAGraph once captured
     replays: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -127,8 +161,12 @@ class DeviceLoop:
         """1 when the current state has a captured graph (for tests and reports)."""
         return int(self._state is not None and self._state.graph is not None)
 
-    def _state_for(self, plan: SamplingPlan, shape: tuple[int, ...]) -> _LoopState:
-        sig = _plan_signature(plan, shape)
+    def _state_for(self, plan: SamplingPlan, shape: tuple[int, ...], guidance: Guidance | None = None,
+                   edit: Edit | None = None) -> _LoopState:
+        extra = "" if guidance is None else repr((guidance.scale, guidance.rescale, guidance.mode,
+                                                   [(k, v.tobytes()) for k, v in guidance.cond.items()]))
+        extra += "" if edit is None else repr((edit.image is not None, edit.mask is not None))
+        sig = _plan_signature(plan, shape, hashlib.sha256(extra.encode()).hexdigest())
         if self._state is not None and self._state.signature == sig:
             return self._state
         self._state = None  # drop the old buffers and graph before allocating new ones
@@ -138,14 +176,17 @@ class DeviceLoop:
         pin = self.device.type == "cuda"
         table = torch.from_numpy(plan.table()).to(dev)  # (N, 7), one copy per state
         hist = torch.from_numpy(np.ascontiguousarray(plan.hist.T)).to(dev)  # (H, N)
+        known = torch.from_numpy(np.stack([plan.kx, plan.kn])).to(dev)  # (2, N)
         ring = torch.zeros((plan.depth + 1, *shape), dtype=f32, device=dev) if plan.converts else None
-        noise_steps = np.flatnonzero(plan.sigma > 0)
+        masked = edit is not None and edit.mask is not None
+        noise_steps = np.flatnonzero(plan.noise_rows(masked))
         slot: list[int | None] = [None] * plan.steps
         for k, i in enumerate(noise_steps):
             slot[int(i)] = k
         k = len(noise_steps)
         z = torch.empty((k, *shape), dtype=f32, device=dev) if k else None
-        return self._set_state(_LoopState(
+        image, mask = (None, None) if edit is None else edit.arrays(shape)
+        st = _LoopState(
             signature=sig,
             steps=plan.steps,
             x=torch.empty(shape, dtype=f32, device=dev),
@@ -164,7 +205,36 @@ class DeviceLoop:
             z_rows=list(z.unbind(0)) if z is not None else [],
             x_stage=torch.empty(shape, dtype=f32, pin_memory=pin),
             z_stage=torch.empty((k, *shape), dtype=f32, pin_memory=pin) if k else None,
-        ))
+            image=None if image is None else torch.from_numpy(image).to(dev),
+            mask=None if mask is None else torch.from_numpy(mask).to(dev),
+            known=torch.empty(shape, dtype=f32, device=dev) if mask is not None else None,
+            calls=plan.calls.tolist(),
+            kx=list(known[0].unbind(0)),
+            kn=list(known[1].unbind(0)),
+            init=plan.init,
+        )
+        if guidance is not None:
+            self._guidance_buffers(st, guidance, shape)
+        return self._set_state(st)
+
+    def _guidance_buffers(self, st: _LoopState, g: Guidance, shape: tuple[int, ...]) -> None:
+        if g.classifier_scale:
+            raise ConfigError("classifier guidance runs on the host backends (ort, openvino, torch); "
+                              "the device loop runs classifier-free guidance only: drop --classifier-scale")
+        dev, batch = self.device, shape[0]
+        cond = [torch.from_numpy(np.ascontiguousarray(g.cond[c.name])).to(dev) for c in g.inputs]
+        if not g.doubled:
+            st.cond = cond if g.scale == 1.0 else [torch.from_numpy(c.null_values(batch)).to(dev) for c in g.inputs]
+            return
+        null = [torch.from_numpy(c.null_values(batch)).to(dev) for c in g.inputs]
+        if g.mode == "batched":
+            st.guided = _Guided(g.scale, g.rescale, [torch.cat([c, n]) for c, n in zip(cond, null, strict=True)],
+                                x2=torch.empty((2 * batch, *shape[1:]), dtype=torch.float32, device=dev),
+                                t2=torch.empty((2 * batch,), dtype=torch.float32, device=dev),
+                                out2=torch.empty((2 * batch, *shape[1:]), dtype=torch.float32, device=dev))
+        else:
+            st.guided = _Guided(g.scale, g.rescale, [c.clone() for c in cond], labels=cond, null=null,
+                                c_out=torch.empty(shape, dtype=torch.float32, device=dev))
 
     def _set_state(self, st: _LoopState) -> _LoopState:
         self._state = st
@@ -172,10 +242,50 @@ class DeviceLoop:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def _model(self, st: _LoopState) -> None:
+        """st.out <- the (guided) model output at st.x, st.t."""
+        g = st.guided
+        if g is None:
+            self.denoise(st.x, st.t, st.out, *st.cond)
+            return
+        b = st.x.shape[0]
+        if g.x2 is not None:  # one call of 2B: [x; x], [t; t], [labels; null]
+            g.x2[:b].copy_(st.x)
+            g.x2[b:].copy_(st.x)
+            g.t2[:b].copy_(st.t)
+            g.t2[b:].copy_(st.t)
+            self.denoise(g.x2, g.t2, g.out2, *g.cond)
+            c, u = g.out2[:b], g.out2[b:]
+        else:  # two calls of B through one conditioning buffer, refilled in place
+            for buf, src in zip(g.cond, g.labels, strict=True):
+                buf.copy_(src)
+            self.denoise(st.x, st.t, g.c_out, *g.cond)
+            for buf, src in zip(g.cond, g.null, strict=True):
+                buf.copy_(src)
+            self.denoise(st.x, st.t, st.out, *g.cond)
+            c, u = g.c_out, st.out
+        dims = tuple(range(1, st.out.ndim))
+        std_c = c.std(dim=dims, keepdim=True) if g.rescale else None  # before c is overwritten (split)
+        # out = u + w·(c − u), in the host loop's order
+        if u is st.out:  # split: c is its own buffer
+            c.sub_(u).mul_(g.scale)
+            st.out.add_(c)
+        else:
+            torch.sub(c, u, out=st.out)
+            st.out.mul_(g.scale).add_(u)
+        if std_c is not None:
+            st.out.mul_(std_c / st.out.std(dim=dims, keepdim=True) * g.rescale + (1.0 - g.rescale))
+
     def _step(self, st: _LoopState, i: int) -> None:
         r = st.rows
+        k = st.noise_slot[i]
+        if st.calls[i] == 0:  # RePaint undo row: x <- a·x + sigma·z, no model call
+            st.x.mul_(r[_A][i])
+            if k is not None:
+                st.x.addcmul_(st.z_rows[k], r[_SIGMA][i])
+            return
         st.t.fill_(r[_T][i])  # from the device table: no host->device copy
-        self.denoise(st.x, st.t, st.out)
+        self._model(st)
         slots = st.slots[i]
         d = st.ring_rows[slots[0]] if st.ring is not None else None
         if d is not None:
@@ -191,9 +301,14 @@ class DeviceLoop:
             st.x.addcmul_(d, r[_P0][i])
             for j, h in enumerate(st.hist_rows, start=1):  # fixed slots: replay-safe
                 st.x.addcmul_(st.ring_rows[slots[j]], h[i])
-        k = st.noise_slot[i]
-        if k is not None:
+        if k is not None:  # sigma is 0 on a masked row that draws only for its known region
             st.x.addcmul_(st.z_rows[k], r[_SIGMA][i])
+        if st.mask is not None:
+            # the known region: the image noised to this row's output level, from the row's own z
+            torch.mul(st.image, st.kx[i], out=st.known)
+            if k is not None:
+                st.known.addcmul_(st.z_rows[k], st.kn[i])
+            torch.where(st.mask, st.known, st.x, out=st.x)
 
     def _run(self, st: _LoopState, progress: ProgressFn | None) -> None:
         for i in range(st.steps):
@@ -221,6 +336,15 @@ class DeviceLoop:
 
     # -- public ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _start(st: _LoopState) -> None:
+        """x <- x_init (with an edit image: ix·image + in·z, z = x_init); the ring zeroed."""
+        st.x.copy_(st.x_stage, non_blocking=True)
+        if st.image is not None:
+            st.x.mul_(st.init[1]).add_(st.image, alpha=st.init[0])
+        if st.ring is not None:
+            st.ring.zero_()  # d's before step 0 have weight 0 but must be finite
+
     def _load_inputs(
         self,
         st: _LoopState,
@@ -229,9 +353,7 @@ class DeviceLoop:
         rng: np.random.Generator | None,
     ) -> None:
         st.x_stage.numpy()[...] = x_init
-        st.x.copy_(st.x_stage, non_blocking=True)
-        if st.ring is not None:
-            st.ring.zero_()  # d's before step 0 have weight 0 but must be finite
+        self._start(st)
         if st.z is None:
             return
         assert st.z_stage is not None
@@ -253,8 +375,11 @@ class DeviceLoop:
         noise: np.ndarray | None = None,
         rng: np.random.Generator | None = None,
         progress: ProgressFn | None = None,
+        guidance: Guidance | None = None,
+        edit: Edit | None = None,
     ) -> np.ndarray:
-        """Run every step of `plan` from `x_init`; same contract as `runtime.loop.sample_loop`."""
+        """Run every step of `plan` from `x_init`; same contract as `runtime.loop.sample_loop` (and
+        `Backend.sample` for `guidance`)."""
         x_init = np.asarray(x_init, dtype=np.float32)
         if x_init.ndim < 2:
             raise ConfigError(f"x_init must be [B, ...] with a batch axis, got shape {x_init.shape}")
@@ -267,18 +392,16 @@ class DeviceLoop:
         # capture + replay) and the copy back
         on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         with torch.no_grad(), on_stream:
-            st = self._state_for(plan, shape)
+            st = self._state_for(plan, shape, guidance, edit)
             self._load_inputs(st, x_init, noise, rng)
             if not self.cuda_graph:
                 self._run(st, progress)
             else:
                 if st.graph is None:
                     self._capture(st)
-                    # warm-up ran on the static x and ring: restore x_init and zero the ring
+                    # warm-up ran on the static x and ring: restore the start and zero the ring
                     # (the noise buffer is only read)
-                    st.x.copy_(st.x_stage, non_blocking=True)
-                    if st.ring is not None:
-                        st.ring.zero_()
+                    self._start(st)
                 st.graph.replay()
                 st.replays += 1
                 if progress is not None:

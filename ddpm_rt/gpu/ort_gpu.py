@@ -61,7 +61,8 @@ class OrtDeviceBackend(DeviceLoopBackend):
             self.session = ort.InferenceSession(str(bundle.onnx_path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
             raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {first_line(e)}") from None
-        check_session_io(self.session, bundle.spec.sample_shape, batch, str(bundle.onnx_path))
+        self.contract = CONTRACT.for_spec(bundle.spec)
+        check_session_io(self.session, bundle.spec.sample_shape, batch, str(bundle.onnx_path), self.contract)
         self._binding = self.session.io_binding()
         self._run_options = ort.RunOptions()
         if stream is not None:  # ordering comes from the shared stream, not from a host sync per run
@@ -106,12 +107,13 @@ class OrtDeviceBackend(DeviceLoopBackend):
 
     # -- the denoiser slot of the device loop ---------------------------------------------------
 
-    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
-        key = (x.data_ptr(), t.data_ptr(), out.data_ptr(), tuple(x.shape))
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor, *cond: torch.Tensor) -> None:
+        key = (x.data_ptr(), t.data_ptr(), out.data_ptr(), tuple(x.shape), *(c.data_ptr() for c in cond))
         if key != self._bound:  # the loop's buffers are static: this binds once per (plan, batch)
             b = self._binding
-            for name, tensor in ((CONTRACT.x_name, x), (CONTRACT.t_name, t)):
-                b.bind_input(name, self._dev_type, self._dev_id, np.float32, list(tensor.shape), tensor.data_ptr())
+            dtypes = (np.float32, np.float32, *(c.np_dtype for c in self.contract.conditioning))
+            for name, tensor, dtype in zip(self.contract.input_names, (x, t, *cond), dtypes, strict=True):
+                b.bind_input(name, self._dev_type, self._dev_id, dtype, list(tensor.shape), tensor.data_ptr())
             b.bind_output(CONTRACT.out_name, self._dev_type, self._dev_id, np.float32, list(out.shape),
                           out.data_ptr())
             self._bound = key
@@ -120,12 +122,12 @@ class OrtDeviceBackend(DeviceLoopBackend):
         except Exception as e:  # noqa: BLE001 - ORT's untyped runtime errors, as one line
             raise BundleError(f"onnxruntime failed running the denoiser: {first_line(e)}") from None
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
         import torch
 
         stream = self.loop.stream  # the host call (parity checks) runs on the session's stream too
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            return super().__call__(x, t)
+            return super().__call__(x, t, *cond)
 
     def close(self) -> None:
         super().close()

@@ -74,11 +74,11 @@ class TorchCudaBackend(DeviceLoopBackend):
             raise BackendUnavailable(reason)
         return cls(module, precision=options.precision, cuda_graph=options.cuda_graph)
 
-    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor, *cond: torch.Tensor) -> None:
         torch = self._torch
         if self._amp is None:
-            out.copy_(self.module(x, t))
+            out.copy_(self.module(x, t, *cond))
         else:
             with torch.autocast("cuda", dtype=self._amp, cache_enabled=False):
-                y = self.module(x, t)
+                y = self.module(x, t, *cond)
             out.copy_(y)  # back to float32 in the static buffer

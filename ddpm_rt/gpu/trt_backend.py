@@ -118,6 +118,9 @@ class TrtBackend(DeviceLoopBackend):
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)
+        if bundle.spec.conditioning:  # the engine builder's profiles cover x and t only
+            raise BackendUnavailable("the trt backend builds engines for unconditional bundles only; sample "
+                                     "this conditional bundle with --backend ort-trt, ort-cuda or torch-cuda")
         from ddpm_rt.gpu.trt_build import DEFAULT_OPT_LEVEL, BuildConfig, ensure_engine
 
         cache_dir = Path(options.cache_dir) if options.cache_dir else None
@@ -134,7 +137,8 @@ class TrtBackend(DeviceLoopBackend):
             _log(f"built TensorRT engine {record.key} (cached at {record.plan_path})")
         return cls(TrtEngine(record.plan_path), cuda_graph=options.cuda_graph)
 
-    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor, *cond: torch.Tensor) -> None:
+        assert not cond, "trt engines are unconditional (refused at open)"
         self.engine(x, t, out)
 
     def close(self) -> None:

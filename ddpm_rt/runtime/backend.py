@@ -15,10 +15,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from ddpm_rt.editing import Edit
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.plan import SamplingPlan
 from ddpm_rt.runtime.guard import FiniteGuard, check_finite
-from ddpm_rt.runtime.loop import ProgressFn, sample_loop
+from ddpm_rt.runtime.guidance import Guidance, GuidedModel
+from ddpm_rt.runtime.loop import ModelFn, ProgressFn, sample_loop
 
 ArtifactKind = Literal["bundle", "module"]
 
@@ -56,7 +58,8 @@ class Backend:
         """Open on a `Bundle` (artifact = "bundle") or an `nn.Module` (artifact = "module")."""
         raise NotImplementedError
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        """out = f(x, t, *cond): the conditioning inputs the model declares, in spec order."""
         raise NotImplementedError(f"backend {self.name} has no host denoiser call")
 
     def sample(
@@ -68,24 +71,32 @@ class Backend:
         rng: np.random.Generator | None = None,
         progress: ProgressFn | None = None,
         allow_nonfinite: bool = False,
+        guidance: Guidance | None = None,
+        edit: Edit | None = None,
     ) -> np.ndarray:
         """Run the whole reverse loop (same contract as `runtime.loop.sample_loop`).
 
-        Raises `NonFiniteError` naming the step where NaN/inf first showed, unless
-        `allow_nonfinite`.
+        `guidance`: the conditioning of a conditional model and how to guide it (`runtime.guidance`;
+        the backend must be open at `guidance.calls_batch(B)`); `edit`: the image to start from
+        and the known region (`ddpm_rt.editing`). Raises `NonFiniteError` naming the step where
+        NaN/inf first showed, unless `allow_nonfinite`.
         """
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are reported by the guard, by step
-            out = self._run(plan, x_init, noise, rng, progress, allow_nonfinite)
+            out = self._run(plan, x_init, noise, rng, progress, allow_nonfinite, guidance, edit)
         if not allow_nonfinite:
             check_finite(out, plan.steps, self.name)
         return out
 
     def _run(self, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray | None,
              rng: np.random.Generator | None, progress: ProgressFn | None,
-             allow_nonfinite: bool) -> np.ndarray:
+             allow_nonfinite: bool, guidance: Guidance | None = None, edit: Edit | None = None) -> np.ndarray:
         """The host loop over ``self(x, t)``, guarded at a bounded number of steps."""
-        model = self if allow_nonfinite else FiniteGuard(self, plan.steps, self.name)
-        return sample_loop(model, plan, x_init, noise=noise, rng=rng, progress=progress)
+        model: ModelFn = self
+        if guidance is not None:
+            model = GuidedModel(self, guidance, x_init.shape[0], tuple(x_init.shape[1:]))
+        if not allow_nonfinite:
+            model = FiniteGuard(model, plan.model_calls, self.name)
+        return sample_loop(model, plan, x_init, noise=noise, rng=rng, progress=progress, edit=edit)
 
     @property
     def host_loop(self) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ddpm_rt.editing import Edit
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.plan import SamplingPlan
 
@@ -36,6 +37,7 @@ def sample_loop(
     noise: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
     progress: ProgressFn | None = None,
+    edit: Edit | None = None,
 ) -> np.ndarray:
     """Run every step of `plan` from `x_init` and return the final sample (a new array).
 
@@ -43,11 +45,13 @@ def sample_loop(
         model: called as ``model(x, t)`` with x float32 [B, ...] and t float32 [B];
             it may return a buffer it reuses between calls (it is read before the next call).
         plan: the precomputed tables.
-        x_init: the starting sample x_T, float32 [B, ...].
-        noise: per-step noise, float32 [N, B, ...]; row i is used at step i when
-            sigma_i > 0. If omitted, noise is drawn from `rng` (in place) at those steps only.
+        x_init: the starting sample x_T, float32 [B, ...]; with an `edit` image, the noise z
+            of x_start = ix·image + in·z (`plan.init`).
+        noise: per-step noise, float32 [N, B, ...]; row i is used at step i when it draws noise
+            (`plan.noise_rows`). If omitted, noise is drawn from `rng` (in place) at those steps only.
         rng: generator for the per-step noise (default: a fresh unseeded one).
         progress: called as ``progress(step_done, steps)`` after every step.
+        edit: start from an image and/or keep a known region (`ddpm_rt.editing.Edit`).
     """
     x = np.array(x_init, dtype=np.float32, copy=True, order="C")  # (B, ...) the running sample
     batch = x.shape[0]
@@ -55,11 +59,18 @@ def sample_loop(
         raise ConfigError(
             f"per-step noise must have shape {(plan.steps, *x.shape)}, got {tuple(noise.shape)}"
         )
-    if noise is None and plan.stochastic and rng is None:
+    image, mask = (None, None) if edit is None else edit.arrays(x.shape)
+    draws = plan.noise_rows(masked=mask is not None)  # (N,) bool: rows that read z_i
+    if noise is None and draws.any() and rng is None:
         rng = np.random.default_rng()
     t_buf = np.empty((batch,), dtype=np.float32)  # (B,)
     z = np.empty_like(x)  # per-step noise
     tmp = np.empty_like(x)
+    known = np.empty_like(x) if mask is not None else None  # the known region of the current row
+    if image is not None:  # x_start = ix·image + in·z: the image noised to the first row's level
+        np.multiply(x, np.float32(plan.init[1]), out=x)
+        np.multiply(image, np.float32(plan.init[0]), out=tmp)
+        np.add(x, tmp, out=x)
     # ring of converted outputs d (H + 1 slots; one slot = the clipped x0^ of ddpm/ddim),
     # zeroed: slots not yet written are read with weight 0 and must be finite
     ring = list(np.zeros((plan.depth + 1, *x.shape), np.float32)) if plan.converts else []
@@ -67,7 +78,25 @@ def sample_loop(
     # clip bounds as float32 scalars, made once: np.minimum / np.maximum on them allocate nothing
     lo, hi = (np.float32(v) for v in (plan.clip if plan.clip is not None else (0.0, 0.0)))
 
+    calls = plan.calls  # (N,) int8: 0 = an undo row (no model call)
     for i in range(plan.steps):
+        zi = None
+        if draws[i]:
+            if noise is not None:
+                zi = noise[i]
+            else:
+                assert rng is not None
+                rng.standard_normal(dtype=np.float32, out=z)
+                zi = z
+        if calls[i] == 0:
+            # RePaint undo row: x' = a·x + sigma·z, no model call
+            np.multiply(x, plan.a[i], out=x)
+            if zi is not None:
+                np.multiply(zi, plan.sigma[i], out=tmp)
+                np.add(x, tmp, out=x)
+            if progress is not None:
+                progress(i + 1, plan.steps)
+            continue
         t_buf.fill(plan.timesteps[i])
         out = model(x, t_buf)
         d = ring[slots[i, 0]] if ring else None
@@ -90,13 +119,16 @@ def sample_loop(
                 np.multiply(ring[slots[i, j]], hist[i, j - 1], out=tmp)
                 np.add(x, tmp, out=x)
         if plan.sigma[i] > 0:
-            if noise is not None:
-                np.multiply(noise[i], plan.sigma[i], out=tmp)
-            else:
-                assert rng is not None
-                rng.standard_normal(dtype=np.float32, out=z)
-                np.multiply(z, plan.sigma[i], out=tmp)
+            assert zi is not None
+            np.multiply(zi, plan.sigma[i], out=tmp)
             np.add(x, tmp, out=x)
+        if mask is not None:
+            # the known region: the image noised to this row's output level, from the row's own z
+            np.multiply(image, plan.kx[i], out=known)
+            if zi is not None:
+                np.multiply(zi, plan.kn[i], out=tmp)
+                np.add(known, tmp, out=known)
+            np.copyto(x, known, where=mask)
         if progress is not None:
             progress(i + 1, plan.steps)
     return x

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddpm_rt.bundle.contract import CONTRACT, GraphContract
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError, first_line
 from ddpm_rt.fsutil import writable_dir
 from ddpm_rt.precision import Precision, check_supported
@@ -76,14 +77,6 @@ def _bundle_sha256(bundle: Bundle) -> str:
     return bundle.onnx_sha256
 
 
-def _io_names(bundle: Bundle) -> tuple[str, str, str]:
-    io = bundle.manifest.get("io") or {}
-    try:
-        return io["inputs"][0]["name"], io["inputs"][1]["name"], io["outputs"][0]["name"]
-    except (KeyError, IndexError, TypeError):
-        return "x", "t", "out"
-
-
 def check_precision(precision: str | Precision, bundle_precision: str, capabilities: list[str]) -> Precision:
     """The precision to compile at, checked against this CPU, OpenVINO's device and the bundle."""
     wanted = check_supported(precision, OpenVinoBackend.name, SUPPORTED)
@@ -111,10 +104,11 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     device = "cpu"
 
-    def __init__(self, request: Any, names: tuple[str, str, str], batch: int,
+    def __init__(self, request: Any, contract: GraphContract, batch: int,
                  sample_shape: tuple[int, ...], info: dict[str, Any]) -> None:
         self._request = request
-        self.x_name, self.t_name, self.out_name = names
+        self.contract = contract
+        self.x_name, self.t_name, self.out_name = contract.x_name, contract.t_name, contract.out_name
         self.batch = batch
         self.sample_shape = tuple(sample_shape)
         self.info = info
@@ -125,12 +119,13 @@ class OpenVinoBackend(Backend):
         self._start_async = InferRequest.start_async
         self._no_inputs: dict[str, Any] = {}
         shape = (batch, *self.sample_shape)
-        self._x = np.zeros(shape, np.float32)  # (B, ...) used when a caller's x cannot be shared
-        self._t = np.zeros((batch,), np.float32)  # (B,)
+        # used when a caller's arrays cannot be shared: x (B, ...), t (B,), each conditioning input
+        self._own = (np.zeros(shape, np.float32), np.zeros((batch,), np.float32),
+                     *(np.zeros((batch, *c.shape), c.np_dtype) for c in contract.conditioning))
         self._out = np.zeros(shape, np.float32)  # (B, ...) the model writes here
         self._set(self.out_name, self._out)
-        self._bound: tuple[np.ndarray, np.ndarray] | None = None
-        self._share(self._x, self._t)
+        self._bound: tuple[np.ndarray, ...] | None = None
+        self._share(self._own)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -161,11 +156,12 @@ class OpenVinoBackend(Backend):
                 from ddpm_rt.fsutil import atomic_write_text
 
                 atomic_write_text(meta, json.dumps(fields, indent=2, sort_keys=True) + "\n")
-        x_name, t_name, out_name = _io_names(bundle)
+        contract = CONTRACT.for_spec(bundle.spec)
         sample_shape = tuple(bundle.spec.sample_shape)
         try:
             model = core.read_model(str(bundle.onnx_path))
-            model.reshape({x_name: [batch, *sample_shape], t_name: [batch]})
+            model.reshape({name: list(shape) for name, shape in contract.shapes(sample_shape, batch).items()
+                           if name in contract.input_names})
         except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped RuntimeErrors
             raise BundleError(f"OpenVINO cannot read {bundle.onnx_path}: {first_line(e)}") from None
         threads = int(options.threads or 0)  # 0 = OpenVINO's default (all usable cores)
@@ -180,17 +176,17 @@ class OpenVinoBackend(Backend):
             "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "device": DEVICE, "openvino": ov.__version__, "capabilities": capabilities,
         }
-        be = cls(compiled.create_infer_request(), (x_name, t_name, out_name), batch, sample_shape, info)
+        be = cls(compiled.create_infer_request(), contract, batch, sample_shape, info)
         be._check_io(compiled)
         return be
 
     def _check_io(self, compiled: Any) -> None:
         inputs = {n for port in compiled.inputs for n in port.get_names()}
         outputs = {n for port in compiled.outputs for n in port.get_names()}
-        if not {self.x_name, self.t_name} <= inputs or self.out_name not in outputs:
+        if not set(self.contract.input_names) <= inputs or self.out_name not in outputs:
             raise BundleError(
                 f"the denoiser graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected "
-                f"{self.x_name}, {self.t_name} -> {self.out_name} (re-export it with `ddpm-rt export`)"
+                f"{', '.join(self.contract.input_names)} -> {self.out_name} (re-export it with `ddpm-rt export`)"
             )
 
     # -- buffers ---------------------------------------------------------------------------
@@ -199,45 +195,51 @@ class OpenVinoBackend(Backend):
         ov = _import_ov()
         self._request.set_tensor(name, ov.Tensor(array, shared_memory=True))
 
-    def _share(self, x: np.ndarray, t: np.ndarray) -> None:
-        """Make `x` and `t` (full batch, float32, C-contiguous) the request's inputs, zero copy."""
-        self._set(self.x_name, x)
-        self._set(self.t_name, t)
-        self._bound = (x, t)  # holding them keeps the identity test in __call__ sound
+    def _share(self, inputs: tuple[np.ndarray, ...]) -> None:
+        """Make the inputs (full batch, C-contiguous) the request's inputs, zero copy."""
+        for name, array in zip(self.contract.input_names, inputs, strict=True):
+            self._set(name, array)
+        self._bound = inputs  # holding them keeps the identity test in __call__ sound
 
-    def _shareable(self, x: np.ndarray, t: np.ndarray) -> bool:
-        return (x.shape[0] == self.batch and x.dtype == np.float32 and t.dtype == np.float32
-                and x.flags.c_contiguous and t.flags.c_contiguous and x.flags.writeable
-                and t.flags.writeable)
+    def _shareable(self, inputs: tuple[np.ndarray, ...]) -> bool:
+        dtypes = (np.float32, np.float32, *(c.np_dtype for c in self.contract.conditioning))
+        return all(a.shape[:1] == (self.batch,) and a.dtype == d and a.flags.c_contiguous and a.flags.writeable
+                   for a, d in zip(inputs, dtypes, strict=True))
 
-    def _check_shape(self, x: np.ndarray, t: np.ndarray) -> None:
+    def _check_shape(self, inputs: tuple[np.ndarray, ...]) -> None:
+        x, t, *cond = inputs
         b = x.shape[0] if x.ndim else 0
-        if x.shape[1:] != self.sample_shape or not 1 <= b <= self.batch or t.shape != (b,):
+        conditioning = self.contract.conditioning
+        if (x.shape[1:] != self.sample_shape or not 1 <= b <= self.batch or t.shape != (b,)
+                or len(cond) != len(conditioning)
+                or any(a.shape != (b, *c.shape) for a, c in zip(cond, conditioning, strict=False))):
             raise ConfigError(
-                f"backend {self.name!r} was opened for x [<= {self.batch}, "
-                f"{', '.join(map(str, self.sample_shape))}] and t [B]; got x {list(x.shape)}, t {list(t.shape)}"
+                f"backend {self.name!r} was opened for {', '.join(self.contract.input_names)} with x [<= "
+                f"{self.batch}, {', '.join(map(str, self.sample_shape))}]; got "
+                + ", ".join(str(list(np.shape(a))) for a in inputs)
             )
 
     def _infer(self) -> None:
         self._start_async(self._request, self._no_inputs, None)  # infer() would build a result dict
         self._request.wait()
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """out = f(x, t). The loop passes the same x and t arrays every step: shared once, then reused."""
+    def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        """out = f(x, t, *cond). The loop passes the same arrays every step: shared once, then reused."""
+        inputs = (x, t, *cond)
         bound = self._bound
-        if bound is not None and x is bound[0] and t is bound[1]:
+        if bound is not None and len(bound) == len(inputs) and all(a is b for a, b in zip(inputs, bound, strict=True)):
             self._infer()
             return self._out
-        self._check_shape(x, t)
-        if self._shareable(x, t):
-            self._share(x, t)
+        self._check_shape(inputs)
+        if self._shareable(inputs):
+            self._share(inputs)
             self._infer()
             return self._out
         b = x.shape[0]  # a smaller batch or a foreign layout: copy into our own buffers
-        if self._bound is None or self._bound[0] is not self._x:
-            self._share(self._x, self._t)
-        np.copyto(self._x[:b], x, casting="same_kind")
-        np.copyto(self._t[:b], t, casting="same_kind")
+        if self._bound is not self._own:
+            self._share(self._own)
+        for own, given in zip(self._own, inputs, strict=True):
+            np.copyto(own[:b], given, casting="same_kind")
         self._infer()
         return self._out[:b]
 

@@ -1,7 +1,7 @@
 """ONNX Runtime backends: CPU (IO binding on numpy buffers), CUDA EP and TensorRT EP.
 
-One `InferenceSession` per bundle. Inputs ``x``, ``t`` and the output ``out`` are bound
-once to `OrtValue`s; on CPU these wrap numpy arrays without a copy, so the shared host
+One `InferenceSession` per bundle. Inputs ``x``, ``t`` (and any conditioning inputs the bundle
+declares, e.g. ``class_labels``) and the output ``out`` are bound once to `OrtValue`s; on CPU these wrap numpy arrays without a copy, so the shared host
 loop's own ``x`` and ``t`` buffers *are* the graph inputs: the first call of a loop binds
 them, every later step only calls ``run_with_iobinding`` and the model writes straight
 into our preallocated output. No allocation per step (tests/cpu/test_ort_backend.py).
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_rt.bundle.contract import CONTRACT, ORT_DTYPES, check_io
+from ddpm_rt.bundle.contract import CONTRACT, ORT_DTYPES, GraphContract, check_io
 from ddpm_rt.bundle.load import Bundle
+from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError, first_line
 from ddpm_rt.runtime.backend import Backend, BackendOptions
 
@@ -27,12 +28,14 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-def check_session_io(session: Any, sample_shape: tuple[int, ...], batch: int, where: str) -> None:
+def check_session_io(session: Any, sample_shape: tuple[int, ...], batch: int, where: str,
+                     contract: GraphContract = CONTRACT) -> None:
     """The contract check (`bundle.contract.check_io`) on an ORT session, and its batch against ours."""
     def describe(values: list[Any]) -> dict[str, tuple[str, list[Any]]]:
         return {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in values}
 
-    fixed = check_io(describe(session.get_inputs()), describe(session.get_outputs()), sample_shape, where)
+    fixed = check_io(describe(session.get_inputs()), describe(session.get_outputs()), sample_shape, where,
+                     contract)
     if fixed is not None and fixed != batch:
         raise ConfigError(f"{where} has a static batch of {fixed}; use --batch {fixed}, or re-export "
                           "it with `ddpm-rt export` (dynamic batch)")
@@ -65,11 +68,14 @@ class OrtCpuBackend(Backend):
     provider = "CPUExecutionProvider"
 
     def __init__(self, session: ort.InferenceSession, batch: int, sample_shape: tuple[int, ...],
-                 info: dict[str, Any], where: str = "the graph") -> None:
+                 info: dict[str, Any], where: str = "the graph",
+                 conditioning: tuple[CondInput, ...] = ()) -> None:
         self.session = session
         self.batch = batch
         self.sample_shape = tuple(sample_shape)
         self.info = info  # model path, cache status, session settings (reported by bench)
+        self.contract = CONTRACT.for_conditioning(conditioning)
+        self.conditioning = tuple(conditioning)
         self.x_name, self.t_name, self.out_name = CONTRACT.x_name, CONTRACT.t_name, CONTRACT.out_name
         self._check_io(where)
         self._binding = session.io_binding()
@@ -142,7 +148,8 @@ class OrtCpuBackend(Backend):
             "optimization": "extended (cached) + all" if status != "disabled" else "all",
             "onnxruntime": ort.__version__,
         }
-        return cls(session, batch, bundle.spec.sample_shape, info, where=str(onnx_path))
+        return cls(session, batch, bundle.spec.sample_shape, info, where=str(onnx_path),
+                   conditioning=bundle.spec.conditioning)
 
     @classmethod
     def check_precision(cls, precision: str) -> None:
@@ -154,68 +161,74 @@ class OrtCpuBackend(Backend):
             )
 
     def _check_io(self, where: str) -> None:
-        check_session_io(self.session, self.sample_shape, self.batch, where)
+        check_session_io(self.session, self.sample_shape, self.batch, where, self.contract)
 
     # -- buffers ---------------------------------------------------------------------------
 
     def _alloc_buffers(self) -> None:
         ort = _import_ort()
         shape = (self.batch, *self.sample_shape)
-        self._x = np.zeros(shape, dtype=np.float32)  # (B, ...) used when a caller's x can't be bound
-        self._t = np.zeros((self.batch,), dtype=np.float32)  # (B,)
+        # used when a caller's arrays can't be bound: x (B, ...), t (B,), each conditioning input
+        self._own = (np.zeros(shape, np.float32), np.zeros((self.batch,), np.float32),
+                     *(np.zeros((self.batch, *c.shape), c.np_dtype) for c in self.conditioning))
         self._out = np.zeros(shape, dtype=np.float32)  # (B, ...) the model writes here
         self._out_ov = {self.batch: ort.OrtValue.ortvalue_from_numpy(self._out)}
-        self._bound: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._bind(self._x, self._t)
+        self._bound: tuple[np.ndarray, ...] | None = None  # the arrays bound as inputs (x, t, *cond)
+        self._bind(self._own)
         self._own_bound = self.batch
 
-    def _bind(self, x: np.ndarray, t: np.ndarray) -> None:
-        """Bind x, t (zero copy: OrtValues over these very arrays) and the output slice of their batch."""
+    def _bind(self, inputs: tuple[np.ndarray, ...]) -> None:
+        """Bind the inputs (zero copy: OrtValues over these very arrays) and the output slice of their batch."""
         ort = _import_ort()
-        b = x.shape[0]
+        b = inputs[0].shape[0]
         if b not in self._out_ov:
             self._out_ov[b] = ort.OrtValue.ortvalue_from_numpy(self._out[:b])
-        self._binding.bind_ortvalue_input(self.x_name, ort.OrtValue.ortvalue_from_numpy(x))
-        self._binding.bind_ortvalue_input(self.t_name, ort.OrtValue.ortvalue_from_numpy(t))
+        for name, array in zip(self.contract.input_names, inputs, strict=True):
+            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
         self._binding.bind_ortvalue_output(self.out_name, self._out_ov[b])
-        self._bound = (x, t, self._out[:b])  # holding x and t keeps the identity test below sound
+        self._bound = inputs  # holding the arrays keeps the identity test below sound
+        self._bound_out = self._out[:b]  # one view, made here: returned by every call
         self._own_bound = 0
 
-    def _bindable(self, x: np.ndarray, t: np.ndarray) -> bool:
-        return (
-            x.dtype == np.float32 and t.dtype == np.float32
-            and x.flags.c_contiguous and t.flags.c_contiguous and x.flags.writeable
-            and t.shape == (x.shape[0],)
-        )
+    def _bindable(self, inputs: tuple[np.ndarray, ...]) -> bool:
+        b = inputs[0].shape[0]
+        dtypes = (np.float32, np.float32, *(c.np_dtype for c in self.conditioning))
+        return all(a.dtype == d and a.flags.c_contiguous and a.flags.writeable and a.shape[:1] == (b,)
+                   for a, d in zip(inputs, dtypes, strict=True))
 
-    def _check_shape(self, x: np.ndarray, t: np.ndarray) -> None:
+    def _check_shape(self, inputs: tuple[np.ndarray, ...]) -> None:
+        x, t, *cond = inputs
         b = x.shape[0] if x.ndim else 0
-        if x.shape[1:] != self.sample_shape or not 1 <= b <= self.batch or t.shape != (b,):
+        if (x.shape[1:] != self.sample_shape or not 1 <= b <= self.batch or t.shape != (b,)
+                or len(cond) != len(self.conditioning)
+                or any(a.shape != (b, *c.shape) for a, c in zip(cond, self.conditioning, strict=False))):
+            extra = "".join(f", {c.name} [B{''.join(f', {d}' for d in c.shape)}]" for c in self.conditioning)
             raise ConfigError(
                 f"backend {self.name!r} was opened for x [<= {self.batch}, "
-                f"{', '.join(map(str, self.sample_shape))}] and t [B]; got x {list(x.shape)}, "
-                f"t {list(t.shape)}"
+                f"{', '.join(map(str, self.sample_shape))}], t [B]{extra}; got "
+                + ", ".join(str(list(np.shape(a))) for a in inputs)
             )
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """out = f(x, t). The loop passes the same x and t arrays every step: bound once, then reused."""
+    def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        """out = f(x, t, *cond). The loop passes the same arrays every step: bound once, then reused."""
+        inputs = (x, t, *cond)
         bound = self._bound
-        if bound is None or x is not bound[0] or t is not bound[1]:
-            self._check_shape(x, t)
-            if self._bindable(x, t):
-                self._bind(x, t)  # the caller's buffers become the graph inputs
+        if bound is None or len(bound) != len(inputs) or any(a is not c for a, c in zip(inputs, bound, strict=True)):
+            self._check_shape(inputs)
+            if self._bindable(inputs):
+                self._bind(inputs)  # the caller's buffers become the graph inputs
             else:  # a foreign layout or dtype: copy into our own buffers every call
                 b = x.shape[0]
-                np.copyto(self._x[:b], x, casting="same_kind")
-                np.copyto(self._t[:b], t, casting="same_kind")
+                for own, given in zip(self._own, inputs, strict=True):
+                    np.copyto(own[:b], given, casting="same_kind")
                 if self._own_bound != b:
-                    self._bind(self._x[:b], self._t[:b])
+                    self._bind(tuple(own[:b] for own in self._own))
                     self._own_bound = b
                 self._bound = None
                 self._run_bound()
-                return self._out[:b]
+                return self._bound_out
         self._run_bound()
-        return self._bound[2]
+        return self._bound_out
 
     def _run_bound(self) -> None:
         try:

@@ -75,7 +75,7 @@ def _diffusers(sampler: str, schedule: str, prediction: str, spec: SamplerSpec, 
     sched.alphas_cumprod = torch.from_numpy(alphas_cumprod(SCHEDULES[schedule][0]))  # float64
     sched.set_timesteps(spec.steps)
     if begin:
-        sched.set_begin_index(0)
+        sched.set_begin_index(spec.start)  # img2img: diffusers' pipelines set the first step run
     return sched
 
 
@@ -98,16 +98,28 @@ def _trajectory(plan: SamplingPlan, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _check(sampler: str, schedule: str, prediction: str, spec: SamplerSpec, clip: bool = False) -> None:
     sched = _diffusers(sampler, schedule, prediction, spec, clip)
     plan = build_plan(SCHEDULES[schedule][0], prediction, spec, (-1.0, 1.0) if clip else None)
-    np.testing.assert_array_equal(plan.train_timesteps, sched.timesteps.numpy())
+    run = sched.timesteps[spec.start:]  # img2img: the last N - start timesteps (order-1 solvers)
+    np.testing.assert_array_equal(plan.train_timesteps, run.numpy())
     levels = plan.meta["noise_levels"]  # float64 [N + 1]
     np.testing.assert_array_equal(levels.astype(np.float32), sched.sigmas.numpy())
     sched.sigmas = torch.from_numpy(levels)
     traj, outs = _trajectory(plan, seed=spec.steps)
-    for i, t in enumerate(sched.timesteps):
+    for i, t in enumerate(run):
         ref = sched.step(torch.from_numpy(outs[i].astype(np.float64)), t,
                          torch.from_numpy(traj[i].astype(np.float64)), return_dict=False)[0].numpy()
         err = np.max(np.abs(traj[i + 1] - ref)) / np.max(np.abs(ref))
         assert err <= RTOL, f"{sampler} {spec}: step {i} (t={int(t)}) rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("sampler", SOLVERS)
+def test_img2img_start_warms_up_like_diffusers(sampler: str, spacing: str) -> None:
+    """A plan that starts mid-schedule equals diffusers after set_begin_index(start): the solver warms
+    up from the first step run (lower orders first); the final-step rules follow the full N."""
+    for steps, start in ((10, 3), (10, 9), (20, 1), (20, 12), (50, 35)):
+        for prediction in PREDICTIONS:
+            _check(sampler, "linear", prediction, _spec(sampler, steps, spacing, start=start))
+    _check(sampler, "linear", "epsilon", _spec(sampler, 20, spacing, start=6), clip=True)
 
 
 @pytest.mark.parametrize("spacing", SPACINGS)

@@ -12,7 +12,8 @@ pytest.importorskip("torch")
 from ddpm_rt.bundle.load import load_bundle  # noqa: E402
 from ddpm_rt.gpu.ort_gpu import OrtDeviceBackend  # noqa: E402
 from ddpm_rt.models.catalog import shipped_bundle  # noqa: E402
-from ddpm_rt.runtime.backend import BackendOptions, open_backend  # noqa: E402
+from ddpm_rt.registry import open_backend  # noqa: E402
+from ddpm_rt.runtime.backend import BackendOptions  # noqa: E402
 from ddpm_rt.runtime.loop import initial_noise  # noqa: E402
 
 OPTS = BackendOptions(threads=1, extra={"graph_cache": False})

@@ -70,3 +70,33 @@ def _plan(name: str):
     schedule, sampler, clip = PLANS[name]
     pred = "epsilon"
     return build_plan(schedule, pred, sampler, clip)
+
+
+class TinyConditional(torch.nn.Module):
+    """(x, t, class_labels) -> out: TinyDenoiser plus a per-class offset (class 3 = the null label)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = TinyDenoiser()
+        self.offset = torch.nn.Embedding(4, 1)
+        with torch.no_grad():
+            self.offset.weight.copy_(torch.tensor([[0.3], [-0.2], [0.5], [0.0]]))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.base(x, t) + self.offset(labels).view(-1, 1, 1, 1) * (1.0 + x)
+
+
+def host_call(module: torch.nn.Module):
+    """(x, t, *cond) -> out on numpy arrays (a host backend's call)."""
+    def call(x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x), torch.from_numpy(t), *map(torch.from_numpy, cond)).numpy()
+
+    return call
+
+
+def device_call(module: torch.nn.Module):
+    def denoise(x: torch.Tensor, t: torch.Tensor, out: torch.Tensor, *cond: torch.Tensor) -> None:
+        out.copy_(module(x, t, *cond))
+
+    return denoise
