@@ -16,7 +16,8 @@ def main() -> None:
     p.add_argument("--batch", default="1,4,16")
     args = p.parse_args()
 
-    from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite
+    from ddpm_rt.bench.suites import BenchConfig, run_suite
+    from ddpm_rt.commands.options import parse_list
     from ddpm_rt.sources import resolve_source
 
     for name in args.models:

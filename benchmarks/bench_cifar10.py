@@ -131,8 +131,9 @@ def main() -> None:
 
     from benchmarks.bench_cifar10_model import UNET_CONFIG, cifar10_source
     from ddpm_rt.bench.pipeline import run_pipeline_suite
-    from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite, thread_probe
+    from ddpm_rt.bench.suites import BenchConfig, run_suite, thread_probe
     from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.commands.options import parse_list
 
     src, params = cifar10_source(trained_steps=args.trained_steps)
     plan = src.spec.plan(src.spec.sampler(args.steps, sampler="ddim", eta=0.0))

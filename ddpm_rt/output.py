@@ -40,8 +40,8 @@ def check_output_path(path: Path) -> None:
         raise ConfigError(f"--out {path}: {probe} is not writable; choose a writable path")
 
 
-def _grid_shape(b: int, h: int, w: int, pad: int = 1) -> tuple[int, int, int, int]:
-    cols = math.ceil(math.sqrt(b))
+def _grid_shape(b: int, h: int, w: int, pad: int = 1, cols: int | None = None) -> tuple[int, int, int, int]:
+    cols = cols or math.ceil(math.sqrt(b))
     rows = math.ceil(b / cols)
     return rows, cols, rows * (h + pad) + pad, cols * (w + pad) + pad
 
@@ -69,12 +69,14 @@ def check_memory(spec: DiffusionSpec, batch: int, chunk: int, out: Path) -> None
                           f"{have / MB:.0f} MB are available; lower --batch (about {fit} fits)")
 
 
-def image_grid(samples: np.ndarray, data_range: tuple[float, float], scale: int = GRID_SCALE) -> np.ndarray:
-    """[B, C, H, W] in data_range -> uint8 [rows*H*scale, cols*W*scale, C] grid with 1-px gutters."""
+def image_grid(samples: np.ndarray, data_range: tuple[float, float], scale: int = GRID_SCALE,
+               cols: int | None = None) -> np.ndarray:
+    """[B, C, H, W] in data_range -> uint8 [rows*H*scale, cols*W*scale, C] grid with 1-px gutters
+    (`cols` per row; default: a square-ish grid)."""
     lo, hi = data_range
     x = np.clip((samples - lo) / (hi - lo), 0.0, 1.0)
     b, c, h, w = x.shape
-    rows, cols, gh, gw = _grid_shape(b, h, w)
+    rows, cols, gh, gw = _grid_shape(b, h, w, cols=cols)
     pad = 1
     grid = np.full((gh, gw, c), 0.5, dtype=np.float64)
     for i in range(b):
@@ -106,10 +108,15 @@ def scatter_image(points: np.ndarray, data_range: tuple[float, float], size: int
     return np.asarray(img)
 
 
-def save_samples(samples: np.ndarray, spec: DiffusionSpec, path: Path, title: str = "") -> Path:
-    """Write `samples` ([B, C, H, W] or [B, D], model data range) to .png or .npy atomically."""
+def save_samples(samples: np.ndarray, spec: DiffusionSpec, path: Path, title: str = "", *,
+                 cols: int | None = None, panels: tuple[tuple[str, np.ndarray], ...] = ()) -> Path:
+    """Write `samples` ([B, C, H, W] or [B, D], model data range) to .png or .npy atomically.
+
+    The caller checked the path first (`check_output_path`). A PNG of image samples is a grid of
+    `cols` per row; `panels` (e.g. the input image and the mask of an edit, each [B, ...] in the
+    data range) are drawn as grids of their own to the left of the result, in order.
+    """
     path = Path(path)
-    check_output_path(path)
     if path.suffix.lower() == ".npy":
         def write_npy(p: Path) -> None:
             with p.open("wb") as f:
@@ -120,7 +127,9 @@ def save_samples(samples: np.ndarray, spec: DiffusionSpec, path: Path, title: st
     from PIL import Image
 
     if spec.is_image:
-        grid = image_grid(samples, spec.data_range)
+        grids = [image_grid(a, spec.data_range, cols=cols) for _, a in (*panels, ("result", samples))]
+        gap = np.full((grids[0].shape[0], 3 * GRID_SCALE, grids[0].shape[2]), 255, np.uint8)
+        grid = np.concatenate([part for g in grids for part in (g, gap)][:-1], axis=1)
         img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     else:
         img = Image.fromarray(scatter_image(samples[:, :2], spec.data_range, title=title))

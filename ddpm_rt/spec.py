@@ -14,6 +14,8 @@ from ddpm_rt.errors import ConfigError
 from ddpm_rt.plan import PREDICTION_TYPES, SamplerSpec, SamplingPlan, build_plan, default_sampler
 from ddpm_rt.schedule import ScheduleSpec
 
+GUIDANCE_KEY = "guidance_scale"  # in sampler_defaults: a conditional model's default CFG scale
+
 
 @dataclass(frozen=True)
 class DiffusionSpec:
@@ -47,6 +49,11 @@ class DiffusionSpec:
         return bool(self.conditioning)
 
     @property
+    def default_guidance(self) -> float:
+        """The classifier-free guidance scale this model samples with by default (measured; 1 = none)."""
+        return float(self.sampler_defaults.get(GUIDANCE_KEY, 1.0))
+
+    @property
     def is_image(self) -> bool:
         return len(self.sample_shape) == 3
 
@@ -54,6 +61,7 @@ class DiffusionSpec:
         """The default sampler for this model, with the model's own defaults then `overrides`."""
         merged = {**self.sampler_defaults, **{k: v for k, v in overrides.items() if v is not None}}
         name = merged.pop("sampler", None)
+        merged.pop(GUIDANCE_KEY, None)  # a conditional model's default guidance scale: not a sampler setting
         unknown = sorted(set(merged) - {f.name for f in fields(SamplerSpec)})
         if unknown:
             raise ConfigError(

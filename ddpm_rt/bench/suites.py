@@ -64,21 +64,6 @@ def default_backends() -> tuple[str, ...]:
     return ("torch", *[n for n in available_backends() if n != "torch"])
 
 
-def parse_list(text: str, cast: type = str, allowed: tuple[str, ...] | None = None,
-               what: str = "list") -> tuple:
-    """'torch, ort' -> ('torch', 'ort'); '1,4,16' -> (1, 4, 16) with cast=int (one-line ConfigError otherwise)."""
-    try:
-        items = tuple(cast(p.strip()) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise ConfigError(f"{what}: cannot read {text!r} as a comma-separated list of {cast.__name__}") from None
-    if not items:
-        raise ConfigError(f"{what} needs at least one value")
-    bad = [p for p in items if allowed is not None and p not in allowed]
-    if bad:
-        raise ConfigError(f"{what}: unknown {', '.join(map(str, bad))}; choose from {', '.join(allowed or ())}")
-    return items
-
-
 def same_weights(source: ModelSource) -> ModelSource:
     """A copy of `source` whose module is loaded once and shared, so every backend (and the
     export behind the ONNX ones) sees the same weights, even for an untrained built-in whose

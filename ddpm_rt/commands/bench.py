@@ -45,7 +45,8 @@ def bench(
 ) -> None:
     """Time the reverse loop on eager PyTorch and each other backend: same bundle, plan, batches and noise."""
     from ddpm_rt.bench.report import markdown_report, text_report
-    from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite
+    from ddpm_rt.bench.suites import BenchConfig, run_suite
+    from ddpm_rt.commands.options import parse_list
     from ddpm_rt.fsutil import atomic_write_text
     from ddpm_rt.registry import check_backend
     from ddpm_rt.sources import resolve_source
@@ -110,7 +111,7 @@ def _quality(source: str | None, samplers: str | None, steps_list: str, n: int, 
         to_markdown,
     )
     from ddpm_rt.bench.quality_sweep import plot as plot_sweep
-    from ddpm_rt.bench.suites import parse_list
+    from ddpm_rt.commands.options import parse_list
     from ddpm_rt.fsutil import atomic_write_text
     from ddpm_rt.models.catalog import BUILTIN, DEFAULT_MODEL
 

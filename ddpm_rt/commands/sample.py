@@ -11,6 +11,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from ddpm_rt.commands import options as opt
 from ddpm_rt.registry import BACKEND_NAMES
 
 
@@ -20,13 +21,26 @@ def sample(
         typer.Argument(help="Built-in model name, bundle, `ddpm-rt train` checkpoint dir or diffusers folder. "
                        "Default: the shipped digits model."),
     ] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Number of reverse steps (default: the model's own, e.g. 15 for unipc).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="VP models: unipc (default), dpmpp-2m, dpmpp-3m, ipndm, ddim, ddpm; interp: direct; alpha-power: geometric.")] = None,
-    eta: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="DDIM eta: 0 deterministic, 1 DDPM-like.")] = None,
-    spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
-    step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling (the model's default is measured best).")] = None,
-    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="dpmpp-2m/dpmpp-3m/unipc: Karras noise levels.")] = None,
-    lower_order_final: Annotated[bool | None, typer.Option("--lower-order-final/--no-lower-order-final", help="Multistep solvers: lower order on the last steps of short runs (default on).")] = None,
+    steps: opt.Steps = None,
+    sampler: opt.Sampler = None,
+    eta: opt.Eta = None,
+    spacing: opt.Spacing = None,
+    step_scale: opt.StepScale = None,
+    karras: opt.Karras = None,
+    lower_order_final: opt.LowerOrderFinal = None,
+    class_label: opt.ClassLabel = None,
+    classes: opt.Classes = None,
+    labels: opt.LabelsFile = None,
+    guidance: opt.GuidanceScale = None,
+    guidance_rescale: opt.GuidanceRescale = 0.0,
+    classifier_scale: opt.ClassifierScale = 0.0,
+    guidance_mode: opt.GuidanceMode = "auto",
+    init: opt.Init = None,
+    strength: opt.Strength = None,
+    mask: opt.Mask = None,
+    mask_means: opt.MaskMeans = "keep",
+    repaint_jump: opt.RepaintJump = None,
+    repaint_resample: opt.RepaintResample = None,
     batch: Annotated[int, typer.Option(min=1, help="How many samples.")] = 64,
     chunk: Annotated[int | None, typer.Option(min=1, help="At most this many samples run at once; larger batches "
                                               "run in chunks, one after another, and the peak memory is reported "
@@ -39,14 +53,15 @@ def sample(
     allow_inexact: Annotated[bool, typer.Option(help="Run a reduced precision even if it fails the quality guard.")] = False,
     cuda_graph: Annotated[bool, typer.Option(help="GPU backends: capture the whole loop in one CUDA graph.")] = True,
     allow_nonfinite: Annotated[bool, typer.Option(help="Write the samples even if they contain NaN/inf.")] = False,
-    out: Annotated[Path, typer.Option(help="Output file: .png (grid or scatter) or .npy (raw [B, ...]); with --num, "
-                                      "a directory of shards.")] = Path("samples.png"),
+    out: Annotated[Path, typer.Option(help="Output file: .png (grid or scatter; with --init, input | mask | result) "
+                                      "or .npy (raw [B, ...]); with --num, a directory of shards.")] = Path("samples.png"),
     num: Annotated[int | None, typer.Option(min=1, help="Sample this many into shard files under --out DIR (resumable: "
                                             "rerun the same command to finish or extend).")] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="With --num: samples per shard file (a multiple of "
                                             "--micro-batch).")] = 1024,
-    micro_batch: Annotated[int, typer.Option(min=1, help="With --num: samples per backend call; part of the run's "
-                                             "identity, so the bytes do not depend on shards or workers.")] = 16,
+    micro_batch: Annotated[int | None, typer.Option(min=1, help="With --num: samples per backend call (default: 16, or "
+                                                    "the shard size if smaller); part of the run's identity, so the "
+                                                    "bytes do not depend on shards or workers.")] = None,
     executor: Annotated[str, typer.Option(help="With --num: local (this process) or ray (a pool of Ray actors; "
                                           "pip install 'ddpm-rt[ray]').")] = "local",
     address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster address (auto, or "
@@ -54,70 +69,87 @@ def sample(
     workers: Annotated[int | None, typer.Option(min=1, help="With --executor ray: actors (default: the cluster's "
                                                 "CPUs / --threads).")] = None,
     gpus_per_worker: Annotated[float, typer.Option(min=0.0, help="With --executor ray: GPUs per actor.")] = 0.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    json_out: opt.JsonOut = False,
 ) -> None:
     """Sample from a denoiser with a fixed-schedule reverse loop and write the result."""
+    from ddpm_rt.errors import ConfigError
     from ddpm_rt.machine import peak_rss_mb
     from ddpm_rt.output import check_memory, check_output_path, save_samples
     from ddpm_rt.precision import Precision
-    from ddpm_rt.prepare import choose_backend, open_for
     from ddpm_rt.progress import Progress
-    from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
+    from ddpm_rt.sampling import open_run
     from ddpm_rt.sources import resolve_source
 
     if precision is not None:
         precision = Precision.parse(precision).value
     if num is not None:
+        if init is not None or mask is not None or repaint_jump is not None:
+            raise ConfigError("--num runs from noise; --init/--mask/--repaint-* edit one batch (drop --num)")
         _sample_shards(source, num, shard_size, micro_batch, executor, address, workers, gpus_per_worker,
-                       out=out, steps=steps, seed=seed, backend=backend, threads=threads or 1,
-                       precision=precision or "fp32", sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale)
+                       out=out, steps=steps, seed=seed, backend=backend, threads=threads,
+                       precision=precision, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
+                       karras_sigmas=karras, lower_order_final=lower_order_final, chunk=chunk,
+                       allow_inexact=allow_inexact, allow_nonfinite=allow_nonfinite,
+                       class_label=class_label, classes=classes, labels=labels, guidance=guidance,
+                       guidance_rescale=guidance_rescale, json_out=json_out)
         return
     check_output_path(out)  # before any model work: suffix, not a directory, writable parent
     src = resolve_source(source)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     spec = src.spec
+    cond, batch, note, per_row = opt.conditioning_values(spec, batch, class_label, classes, labels)
+    if note:
+        typer.echo(note, err=True)
+    edit = opt.edit_request(spec, batch, init, mask, mask_means)
+    if strength is None and init is not None and mask is None and repaint_jump is None:
+        strength = opt.DEFAULT_STRENGTH  # SDEdit without a strength: diffusers' img2img default is 0.8; ours 0.6
     chunk = min(batch, chunk or (64 if spec.is_image else 4096))
     check_memory(spec, batch, chunk, out)
-    sampler_spec = spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
-                                karras_sigmas=karras, lower_order_final=lower_order_final)
-    plan = spec.plan(sampler_spec)
-    choice = choose_backend(backend, src, log=lambda m: typer.echo(m, err=True), batch=chunk,
-                            precision=precision, threads=threads, allow_inexact=allow_inexact)
-    name = choice.name
-    if backend == "auto":
-        typer.echo(f"backend: auto chose {name} {choice.precision} ({choice.reason})", err=True)
+    sampler_spec = opt.sampler_spec(spec, steps, sampler, eta, spacing, step_scale, karras, lower_order_final,
+                                    strength=strength, repaint=(repaint_jump, repaint_resample))
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
 
-    rng = np.random.default_rng(seed)
-    x_init = initial_noise((batch, *spec.sample_shape), rng)
-    samples = np.empty_like(x_init)
-    options = BackendOptions(threads=threads, precision=choice.precision, cuda_graph=cuda_graph)
     t0 = time.perf_counter()
-    with open_for(name, src, chunk, options, log=lambda m: typer.echo(m, err=True)) as be:
+    with open_run(src, backend, chunk=chunk, batch=batch, precision=precision, threads=threads,
+                  allow_inexact=allow_inexact, cuda_graph=cuda_graph, cond=cond, guidance_scale=guidance,
+                  guidance_rescale=guidance_rescale, classifier_scale=classifier_scale,
+                  guidance_mode=guidance_mode, log=log) as run:
+        if backend == "auto":
+            log(f"backend: auto chose {run.name} {run.choice.precision} ({run.choice.reason})")
         t_open = time.perf_counter() - t0
+        plan = run.spec.plan(sampler_spec)  # the artifact's own spec (a bundle carries it in its manifest)
+        rng = np.random.default_rng(seed)
+        x_init = initial_noise((batch, *run.spec.sample_shape), rng)
         t1 = time.perf_counter()
-        progress = Progress(f"sampling ({name})")
-        for lo in range(0, batch, chunk):
-            hi = min(batch, lo + chunk)
-            part = be.sample(plan, x_init[lo:hi], rng=rng, allow_nonfinite=allow_nonfinite,
-                             progress=lambda i, n, lo=lo, hi=hi: progress(lo * n + (hi - lo) * i, batch * n))
-            samples[lo:hi] = part
+        samples = run.sample(plan, x_init, rng=rng, edit=edit, allow_nonfinite=allow_nonfinite,
+                             progress=Progress(f"sampling ({run.name})"))
         t_loop = time.perf_counter() - t1
-    title = f"{src.label} · {sampler_spec.sampler} {plan.steps} steps · {name}"
-    save_samples(samples, spec, out, title)
+    title = f"{src.label} · {sampler_spec.sampler} {plan.steps} steps · {run.name}"
+    panels = () if edit is None else (("input", edit.image),) + (
+        () if edit.mask is None else (("mask", _mask_picture(edit.mask, run.spec.data_range)),))
+    save_samples(samples, run.spec, out, title, cols=per_row, panels=panels)
+    g = run.guidance
     summary = {
         "source": src.label,
         "untrained": src.untrained,
-        "backend": name,
-        "backend_reason": choice.reason,
-        "precision": choice.precision,
+        "backend": run.name,
+        "backend_reason": run.choice.reason,
+        "precision": run.choice.precision,
         "sampler": sampler_spec.sampler,
         "steps": plan.steps,
+        "model_calls": plan.model_calls,
+        "start": plan.start,
         "eta": sampler_spec.eta,
         "batch": batch,
         "chunk": chunk,
         "seed": seed,
+        "guidance": None if g is None else {"scale": g.scale, "rescale": g.rescale, "mode": g.mode,
+                                            "classifier_scale": g.classifier_scale, **run.notes},
+        "edit": None if edit is None else {"strength": strength, "mask": edit.mask is not None,
+                                           "repaint": sampler_spec.repaint},
         "out": str(out),
         "open_s": round(t_open, 4),
         "sample_s": round(t_loop, 4),
@@ -129,25 +161,41 @@ def sample(
         sys.stdout.write("\n")
     else:
         chunks = f", {-(-batch // chunk)} chunks of <= {chunk}" if batch > chunk else ""
+        guided = "" if g is None else f", guidance {g.scale:g} ({g.mode})"
         typer.echo(
-            f"wrote {out} ({batch} samples, {sampler_spec.sampler} {plan.steps} steps on {name}, "
-            f"{choice.precision}, {t_loop:.2f}s{chunks}, peak memory {summary['peak_rss_mb']:.0f} MB)"
+            f"wrote {out} ({batch} samples, {sampler_spec.sampler} {plan.steps} steps on {run.name}, "
+            f"{run.choice.precision}{guided}, {t_loop:.2f}s{chunks}, peak memory {summary['peak_rss_mb']:.0f} MB)"
         )
 
 
-def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: int, executor: str,
+def _mask_picture(mask: np.ndarray, data_range: tuple[float, float]) -> np.ndarray:
+    """The known region in the data range: white where known, black where generated."""
+    lo, hi = data_range
+    return np.where(mask, np.float32(hi), np.float32(lo))
+
+
+def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: int | None, executor: str,
                    address: str | None, workers: int | None, gpus_per_worker: float, *, out: Path,
-                   **job: object) -> None:
+                   chunk: int | None, json_out: bool, class_label: int | None, classes: str | None,
+                   labels: Path | None, guidance: float | None, **job: object) -> None:
     """`sample --num N --out DIR`: sharded, resumable, in-process or on Ray (ddpm_rt.shards)."""
     from ddpm_rt.errors import ConfigError
     from ddpm_rt.progress import Progress
     from ddpm_rt.shards import LocalExecutor, prepare_job, run_shards
+    from ddpm_rt.sources import resolve_source
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor must be one of local, ray, got {executor!r}")
     if out.suffix.lower() in (".png", ".npy"):
         raise ConfigError(f"--out {out} looks like a file; with --num give a directory for the shards")
-    spec = prepare_job(source, num=num, shard_size=shard_size, micro_batch=micro_batch, **job)
+    if chunk is not None:
+        raise ConfigError("--chunk splits one batch; with --num the unit of work is --micro-batch: use that")
+    if classes is not None:
+        raise ConfigError("--classes lays out one PNG batch; with --num give --class N or --labels FILE.npy "
+                          "(one label per sample)")
+    cond, _, _, _ = opt.conditioning_values(resolve_source(source).spec, num, class_label, None, labels)
+    spec = prepare_job(source, num=num, shard_size=shard_size, micro_batch=micro_batch, cond=cond,
+                       guidance_scale=guidance, log=lambda m: typer.echo(m, err=True), **job)
     if executor == "ray":
         from ddpm_rt.shards.ray_executor import RayExecutor
 
@@ -155,5 +203,14 @@ def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: i
     else:
         runner = LocalExecutor()
     s = run_shards(spec, out, runner, progress=Progress(f"sampling {num} ({executor})"))
-    typer.echo(f"{out}: {s.num} samples in {s.shards} shards; computed {len(s.computed)}, kept "
-               f"{len(s.skipped)} ({s.samples_per_s:.1f} samples/s on {s.stats.workers} worker(s))")
+    summary = {"out": str(out), "num": s.num, "shards": s.shards, "computed": len(s.computed),
+               "kept": len(s.skipped), "samples_per_s": round(s.samples_per_s, 3), "workers": s.stats.workers,
+               "backend": spec.backend, "precision": spec.precision, "micro_batch": spec.layout.micro_batch,
+               "sampler": spec.plan.sampler.sampler, "steps": spec.plan.steps}
+    if json_out:
+        json.dump(summary, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        typer.echo(f"{out}: {s.num} samples in {s.shards} shards; computed {len(s.computed)}, kept "
+                   f"{len(s.skipped)} ({s.samples_per_s:.1f} samples/s on {s.stats.workers} worker(s), "
+                   f"{spec.backend} {spec.precision})")

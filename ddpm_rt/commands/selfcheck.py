@@ -30,7 +30,7 @@ def selfcheck(
     import json
 
     from ddpm_rt.bench.selfcheck import TOLERANCE, failures, render_markdown, run_selfcheck
-    from ddpm_rt.bench.suites import parse_list
+    from ddpm_rt.commands.options import parse_list
     from ddpm_rt.errors import ConfigError, ExportError
     from ddpm_rt.fsutil import atomic_write_text
     from ddpm_rt.gpu.availability import require_tensorrt

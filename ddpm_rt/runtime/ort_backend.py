@@ -69,14 +69,14 @@ class OrtCpuBackend(Backend):
 
     def __init__(self, session: ort.InferenceSession, batch: int, sample_shape: tuple[int, ...],
                  info: dict[str, Any], where: str = "the graph",
-                 conditioning: tuple[CondInput, ...] = ()) -> None:
+                 conditioning: tuple[CondInput, ...] = (), contract: GraphContract = CONTRACT) -> None:
         self.session = session
         self.batch = batch
         self.sample_shape = tuple(sample_shape)
         self.info = info  # model path, cache status, session settings (reported by bench)
-        self.contract = CONTRACT.for_conditioning(conditioning)
+        self.contract = contract.for_conditioning(conditioning)
         self.conditioning = tuple(conditioning)
-        self.x_name, self.t_name, self.out_name = CONTRACT.x_name, CONTRACT.t_name, CONTRACT.out_name
+        self.x_name, self.t_name, self.out_name = contract.x_name, contract.t_name, contract.out_name
         self._check_io(where)
         self._binding = session.io_binding()
         self._alloc_buffers()

@@ -7,7 +7,7 @@ Typical use::
     summary = run_shards(job, Path("out"), LocalExecutor(), progress=Progress("sampling"))
 """
 
-from ddpm_rt.shards.engine import ShardSampler, bundle_content_key, prepare_job
+from ddpm_rt.shards.engine import ShardSampler, prepare_job
 from ddpm_rt.shards.executor import Executor, LocalExecutor, ShardResult
 from ddpm_rt.shards.job import ShardJob
 from ddpm_rt.shards.layout import ShardLayout, ShardRange
@@ -17,6 +17,6 @@ from ddpm_rt.shards.store import ShardStore, iter_shards, open_complete
 
 __all__ = [
     "BatchNoise", "Executor", "LocalExecutor", "RunSummary", "ShardJob", "ShardLayout", "ShardRange",
-    "ShardResult", "ShardSampler", "ShardStore", "bundle_content_key", "iter_shards", "open_complete",
+    "ShardResult", "ShardSampler", "ShardStore", "iter_shards", "open_complete",
     "prepare_job", "run_shards", "sample_generator",
 ]

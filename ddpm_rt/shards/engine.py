@@ -1,13 +1,12 @@
 """The one place that turns a bundle directory into an open backend, and runs shards on it.
 
-`prepare_job` (source -> bundle + plan, through `ddpm_rt.prepare`), `bundle_content_key` and
+`prepare_job` (source -> bundle + plan, through `ddpm_rt.prepare`) and
 `open_shard_backend` (a `Bundle` opened on the registry; workers need no torch) are this
 package's only calls into the source / backend API.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -16,24 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_rt.errors import BundleError
 from ddpm_rt.plan import SamplingPlan
 from ddpm_rt.runtime.backend import Backend
 from ddpm_rt.shards.job import ShardJob
 from ddpm_rt.shards.layout import ShardRange
 from ddpm_rt.shards.noise import BatchNoise
-
-
-def bundle_content_key(bundle_dir: Path) -> str:
-    """The bundle's content key: sha256 of its ONNX graph, as its manifest records it."""
-    path = Path(bundle_dir) / "ddpm_rt.json"
-    try:
-        key = json.loads(path.read_text()).get("onnx_sha256")
-    except (OSError, json.JSONDecodeError) as e:
-        raise BundleError(f"cannot read {path} ({e}); give a bundle from `ddpm-rt export`") from None
-    if not isinstance(key, str):
-        raise BundleError(f"{path} lacks onnx_sha256; re-export the bundle with `ddpm-rt export`")
-    return key
 
 
 def open_shard_backend(job: ShardJob, bundle_dir: Path | None = None) -> Backend:
@@ -44,7 +30,8 @@ def open_shard_backend(job: ShardJob, bundle_dir: Path | None = None) -> Backend
 
     bundle = load_bundle(Path(bundle_dir or job.bundle_dir))
     options = BackendOptions(threads=job.threads, precision=job.precision)
-    return open_backend(job.backend, bundle, batch=job.layout.micro_batch, options=options)
+    batch = job.layout.micro_batch * (2 if job.cond is not None and job.guidance_scale not in (0.0, 1.0) else 1)
+    return open_backend(job.backend, bundle, batch=batch, options=options)
 
 
 class ShardSampler:
@@ -53,6 +40,7 @@ class ShardSampler:
     def __init__(self, job: ShardJob, bundle_dir: Path | None = None) -> None:
         self.job = job
         self.backend = open_shard_backend(job, bundle_dir)
+        self.conditioning = job.plan_conditioning if job.cond is not None else ()
         self.sample_shape = job.sample_shape
         self.meta: dict[str, Any] = {
             "backend": self.backend.name,
@@ -62,12 +50,20 @@ class ShardSampler:
         }
 
     def _micro_batch(self, plan: SamplingPlan, first: int) -> np.ndarray:
-        m = self.job.layout.micro_batch
-        noise = BatchNoise(self.job.seed, range(first, first + m), self.sample_shape)
+        job, m = self.job, self.job.layout.micro_batch
+        noise = BatchNoise(job.seed, range(first, first + m), self.sample_shape)
         x_init = noise.initial()
+        guidance = None
+        if job.cond is not None:  # one CFG call of 2m: the mode is part of the run's identity
+            from ddpm_rt.runtime.guidance import make_guidance
+
+            guidance = make_guidance(self.conditioning, job.cond_rows(first, m), m, scale=job.guidance_scale,
+                                     rescale=job.guidance_rescale, mode="batched")
         if self.backend.device == "cpu":  # host loop: per-step draws in place, row b from stream b
-            return self.backend.sample(plan, x_init, rng=noise)  # type: ignore[arg-type]
-        return self.backend.sample(plan, x_init, noise=noise.step_noise(plan))
+            return self.backend.sample(plan, x_init, rng=noise, guidance=guidance,  # type: ignore[arg-type]
+                                       allow_nonfinite=job.allow_nonfinite)
+        return self.backend.sample(plan, x_init, noise=noise.step_noise(plan), guidance=guidance,
+                                   allow_nonfinite=job.allow_nonfinite)
 
     def compute(self, shard: ShardRange) -> tuple[np.ndarray, dict[str, Any]]:
         """Samples [shard.start, shard.stop) as float32 [n, ...], and how they were made."""
@@ -96,31 +92,60 @@ def prepare_job(
     *,
     num: int,
     shard_size: int,
-    micro_batch: int = 16,
+    micro_batch: int | None = None,
     seed: int = 0,
     steps: int | None = None,
     backend: str = "ort",
-    threads: int = 1,
-    precision: str = "fp32",
+    threads: int | None = 1,
+    precision: str | None = None,
+    allow_inexact: bool = False,
+    allow_nonfinite: bool = False,
+    cond: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    guidance_rescale: float = 0.0,
+    log: Any = None,
     **sampler_overrides: Any,
 ) -> ShardJob:
-    """A job for `source` (built-in name, checkpoint, bundle): its bundle (exported once) and plan."""
+    """A job for `source` (built-in name, checkpoint, bundle): its bundle (exported once) and plan.
+
+    The backend (and precision) is chosen at the micro-batch the workers run, as `sample` does;
+    `micro_batch` defaults to 16, or the shard size when that is smaller. `cond` holds the
+    conditioning of all `num` samples (conditional models).
+    """
+    from ddpm_rt.conditioning import check_conditioning
     from ddpm_rt.errors import ConfigError
     from ddpm_rt.prepare import bundle_for, choose_backend
     from ddpm_rt.registry import REGISTRY
     from ddpm_rt.shards.layout import ShardLayout
     from ddpm_rt.sources import resolve_source
 
+    threads = 1 if threads is None else threads
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1 for sharded runs (it is recorded per shard), got {threads}")
-    layout = ShardLayout(num, shard_size, micro_batch)
+    layout = ShardLayout(num, shard_size, micro_batch or min(DEFAULT_MICRO_BATCH, shard_size))
     src = resolve_source(source)
-    name = choose_backend(backend, src).name
-    if REGISTRY[name].artifact != "bundle":
-        raise ConfigError(f"sharded runs open a bundle on every worker; --backend {name} runs a PyTorch module, "
-                          "use ort (or another bundle backend)")
-    bundle_dir = bundle_for(src).directory.resolve()
-    plan = src.spec.plan(src.spec.sampler(steps, **sampler_overrides))
-    return ShardJob(bundle_dir=bundle_dir, source_key=bundle_content_key(bundle_dir), plan=plan,
-                    sample_shape=tuple(src.spec.sample_shape), seed=seed, layout=layout,
-                    backend=name, threads=threads, precision=precision)
+    choice = choose_backend(backend, src, log=log, batch=layout.micro_batch, precision=precision,
+                            threads=threads, allow_inexact=allow_inexact)
+    if REGISTRY[choice.name].artifact != "bundle":
+        raise ConfigError(f"sharded runs open a bundle on every worker; --backend {choice.name} runs a PyTorch "
+                          "module, use ort (or another bundle backend)")
+    bundle = bundle_for(src)
+    spec = bundle.spec  # the manifest's own spec
+    checked = None
+    if spec.conditioning:
+        if cond is None:
+            raise ConfigError("this model is conditional: give --class, --classes or --labels for the shards")
+        checked = check_conditioning(spec.conditioning, cond, num)
+    elif cond is not None or guidance_scale not in (None, 1.0):
+        raise ConfigError("this model is unconditional: drop --class/--classes/--labels/--guidance")
+    plan = spec.plan(spec.sampler(steps, **sampler_overrides))
+    bundle_dir = bundle.directory.resolve()
+    return ShardJob(bundle_dir=bundle_dir, source_key=bundle.onnx_sha256, plan=plan,
+                    sample_shape=tuple(spec.sample_shape), seed=seed, layout=layout,
+                    backend=choice.name, threads=threads, precision=choice.precision, cond=checked,
+                    guidance_scale=spec.default_guidance if guidance_scale is None else guidance_scale,
+                    guidance_rescale=guidance_rescale, allow_nonfinite=allow_nonfinite,
+                    plan_conditioning=tuple(spec.conditioning))
+
+
+DEFAULT_MICRO_BATCH = 16

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from ddpm_rt.bench.report import text_report
-from ddpm_rt.bench.suites import BenchConfig, parse_list, run_suite
+from ddpm_rt.bench.suites import BenchConfig, run_suite
 from ddpm_rt.bench.timing import RssSampler, TimedModel, summary
+from ddpm_rt.commands.options import parse_list
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.schedule import ScheduleSpec
 from ddpm_rt.sources import ModelSource, SourceKind
