@@ -32,8 +32,8 @@ Editing (SDEdit / img2img strength, inpainting, RePaint; `ddpm_rt.editing`):
 
     start    the plan runs the last N - start of the N-step schedule (diffusers' t_start); the
              multistep solvers warm up from there (lower orders first)
-    init     (ix, in): with an image, x_start = ix·image + in·z, the schedule's forward
-             coefficients at the first row's level (Ho et al. eq. 4; float64 → float32)
+    qx, qn   the schedule's forward coefficients at each row's input level (Ho et al. eq. 4;
+             float64 → float32): with an image, x_start = qx_0·image + qn_0·z (`init`)
     kx, kn   the known region after row i is kx_i·image + kn_i·z_i (z_i = row i's own noise, as
              diffusers' RePaintScheduler); the last calling row has (1, 0), so the final known
              region is the image itself
@@ -141,17 +141,20 @@ class SamplingPlan:
     kx: np.ndarray | None = None  # float32 [N]
     kn: np.ndarray | None = None  # float32 [N]
     calls: np.ndarray | None = None  # int8 [N]: 1 denoiser call, 0 undo row (no call), 2 feature-cache row
-    init: tuple[float, float] = (0.0, 1.0)  # x_start = ix·image + in·z (float32 values)
+    qx: np.ndarray | None = None  # float32 [N]: x at row i's level = qx·x0 + qn·z (forward coefficients)
+    qn: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.steps
         defaults = {"hist": np.zeros((n, 0), np.float32), "kx": np.ones(n, np.float32),
-                    "kn": np.zeros(n, np.float32), "calls": np.ones(n, np.int8)}
+                    "kn": np.zeros(n, np.float32), "calls": np.ones(n, np.int8),
+                    "qx": np.zeros(n, np.float32), "qn": np.ones(n, np.float32)}
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         assert self.hist.shape[0] == n and self.hist.dtype == np.float32, self.hist.shape
-        assert self.kx.shape == self.kn.shape == (n,) and self.kx.dtype == self.kn.dtype == np.float32
+        for column in (self.kx, self.kn, self.qx, self.qn):
+            assert column.shape == (n,) and column.dtype == np.float32, column
         assert self.calls.shape == (n,) and self.calls.dtype == np.int8
 
     @property
@@ -186,6 +189,11 @@ class SamplingPlan:
         return self.sampler.start
 
     @property
+    def init(self) -> tuple[float, float]:
+        """(ix, in): with an image, x_start = ix·image + in·z — the first row's forward coefficients."""
+        return float(self.qx[0]), float(self.qn[0])
+
+    @property
     def model_calls(self) -> int:
         """Rows that call the denoiser (all of them but RePaint's undo rows)."""
         return int(np.count_nonzero(self.calls))
@@ -208,7 +216,8 @@ class SamplingPlan:
             rows.setflags(write=False)
         return plain, masked
 
-    ROW_FIELDS = ("timesteps", "train_timesteps", "a", "b", "sigma", "cx", "co", "p0", "hist", "kx", "kn", "calls")
+    ROW_FIELDS = ("timesteps", "train_timesteps", "a", "b", "sigma", "cx", "co", "p0", "hist", "kx", "kn", "calls",
+                  "qx", "qn")
 
     def head(self, k: int) -> SamplingPlan:
         """The first `k` steps alone (e.g. one step = one denoiser call, for per-call parity)."""
@@ -442,17 +451,17 @@ def _tables(spec, t_model, t_train, a, b, sigma, cx, co, p0, clip, meta, *, leve
     calls = np.ones(n, np.int8) if calls is None else np.asarray(calls, np.int8)
     last = np.flatnonzero(calls)[-1]
     kx[last], kn[last] = 1.0, 0.0  # the last call lands on clean data: the known region is the image
-    cols = [np.asarray(v, dtype=np.float64)[start:] for v in (t_model, a, b, sigma, cx, co, p0, kx, kn)]
+    cols = [np.asarray(v, dtype=np.float64)[start:]
+            for v in (t_model, a, b, sigma, cx, co, p0, kx, kn, sig_in, noi_in)]
     f32 = [np.ascontiguousarray(v.astype(np.float32)) for v in cols]
     for arr in f32:
         assert arr.shape == (n - start,), arr.shape
         assert np.all(np.isfinite(arr)), "non-finite coefficient in sampling plan"
-    tm, a, b, sigma, cx, co, p0, kx, kn = f32
+    tm, a, b, sigma, cx, co, p0, kx, kn, qx, qn = f32
     h = None if hist is None else np.ascontiguousarray(np.asarray(hist, np.float64)[start:].astype(np.float32))
-    init = (float(np.float32(np.asarray(sig_in)[start])), float(np.float32(np.asarray(noi_in)[start])))
     return SamplingPlan(sampler_spec or spec, tm, np.asarray(t_train, dtype=np.int64)[start:].copy(),
                         a, b, sigma, cx, co, p0, None if clip is None else (float(clip[0]), float(clip[1])),
-                        meta, hist=h, kx=kx, kn=kn, calls=np.ascontiguousarray(calls[start:]), init=init)
+                        meta, hist=h, kx=kx, kn=kn, calls=np.ascontiguousarray(calls[start:]), qx=qx, qn=qn)
 
 
 def build_plan(

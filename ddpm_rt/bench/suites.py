@@ -24,6 +24,7 @@ from ddpm_rt.machine import load_average, max_rss_bytes, usable_cores
 from ddpm_rt.prepare import choose_backend, open_for
 from ddpm_rt.registry import available_backends
 from ddpm_rt.runtime.backend import Backend, BackendOptions
+from ddpm_rt.runtime.guidance import Guidance, GuidedModel, make_guidance
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class BenchConfig:
     baseline: str = "torch"
     options: dict[str, Any] = field(default_factory=dict)  # BackendOptions.extra for all backends
     floor: bool = True  # also run the baseline from x_T moved by 1 ulp: the trajectory's own sensitivity
+    class_label: int | None = None  # conditional models: every sample's class (default: cycle through all)
+    guidance: float | None = None  # conditional models: CFG scale (default: the model's own)
 
     def __post_init__(self) -> None:
         if self.backends is not None and not self.backends:
@@ -85,12 +88,13 @@ class _Opened:
     steps: list[np.ndarray] = field(default_factory=list)
     outside: list[float] = field(default_factory=list)
     final: np.ndarray | None = None
+    guidance: Guidance | None = None  # a conditional model: the guided call (one 2B call per step)
 
     def run(self, plan: SamplingPlan, x_init: np.ndarray, noise: np.ndarray | None) -> float:
         """One full loop; returns its end-to-end seconds and records the per-call split."""
         if self.timer is None:  # a device loop: only end to end is observable
             t0 = time.perf_counter()
-            self.final = self.backend.sample(plan, x_init, noise=noise)
+            self.final = self.backend.sample(plan, x_init, noise=noise, guidance=self.guidance)
             t1 = time.perf_counter()
             self.steps.append(np.full(plan.steps, (t1 - t0) / plan.steps))
             return t1 - t0
@@ -106,12 +110,14 @@ class _Opened:
 
 
 def _open(name: str, source: ModelSource, batch: int, options: BackendOptions, plan: SamplingPlan,
-          x_init: np.ndarray, noise: np.ndarray | None, warmup: int) -> _Opened:
+          x_init: np.ndarray, noise: np.ndarray | None, warmup: int, guidance: Guidance | None = None) -> _Opened:
     with RssSampler() as mem:
         t0 = time.perf_counter()
-        be = open_for(name, source, batch, options)
+        be = open_for(name, source, batch if guidance is None else guidance.calls_batch(batch), options)
         open_s = time.perf_counter() - t0
-        opened = _Opened(name, be, TimedModel(be, plan.steps) if be.host_loop else None, open_s, 0)
+        model = be if guidance is None else GuidedModel(be, guidance, batch, tuple(x_init.shape[1:]))
+        opened = _Opened(name, be, TimedModel(model, plan.steps) if be.host_loop else None, open_s, 0,
+                         guidance=guidance)
         for _ in range(warmup):
             opened.run(plan, x_init, noise)
     opened.rss_delta = mem.delta
@@ -144,7 +150,7 @@ def _first_calls(opened: list[_Opened], plan: SamplingPlan, x_init: np.ndarray) 
     """Each host backend's output for the first step's input: a call-level parity figure that
     separates a wrong graph from fp32 rounding amplified along a trajectory."""
     t = np.full(x_init.shape[0], plan.timesteps[0], dtype=np.float32)
-    return {o.name: np.array(o.backend(x_init.copy(), t.copy())) for o in opened if o.timer is not None}
+    return {o.name: np.array(o.timer.model(x_init.copy(), t.copy())) for o in opened if o.timer is not None}
 
 
 def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
@@ -166,6 +172,7 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
         shape = (batch, *source.spec.sample_shape)
         x_init = initial_noise(shape, rng)
         noise = rng.standard_normal((plan.steps, *shape), dtype=np.float32) if plan.stochastic else None
+        guidance = _guidance(source, config, batch)
         opened: list[_Opened] = []
         try:
             for name in names:
@@ -173,7 +180,8 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
                     continue
                 log(f"batch {batch}: opening {name} and warming up ({config.warmup} runs)")
                 try:
-                    opened.append(_open(name, source, batch, options, plan, x_init, noise, config.warmup))
+                    opened.append(_open(name, source, batch, options, plan, x_init, noise, config.warmup,
+                                        guidance))
                 except BackendUnavailable as e:  # e.g. torch on an ONNX-only bundle: say so, go on
                     skipped[name] = str(e)
                     log(f"skipping {name}: {e}")
@@ -191,7 +199,8 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
             if config.floor and base_o is not None and ref is not None:
                 log(f"batch {batch}: baseline from x_T + 1 ulp (trajectory sensitivity)")
                 moved = np.nextafter(x_init, np.float32(np.inf))
-                floor = float(np.max(np.abs(base_o.backend.sample(plan, moved, noise=noise) - ref)))
+                floor = float(np.max(np.abs(
+                    base_o.backend.sample(plan, moved, noise=noise, guidance=guidance) - ref)))
             for o in opened:
                 rows.append(_row(o, batch, plan, ref))
                 rows[-1]["baseline_1ulp_sensitivity"] = floor
@@ -217,6 +226,10 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
             "clip": None if plan.clip is None else list(plan.clip),
         },
         "sample_shape": list(source.spec.sample_shape),
+        "guidance": None if not source.spec.conditioning else {
+            "scale": config.guidance if config.guidance is not None else source.spec.default_guidance,
+            "mode": "batched (one call of 2B per step)",
+            "labels": "every sample --class" if config.class_label is not None else "classes in turn"},
         "config": {**asdict(config), "backends": names, "threads": threads},
         "environment": env,
         "memory_method": RssSampler.METHOD + "; rss_delta_mb = peak minus RSS before opening, over "
@@ -226,6 +239,22 @@ def run_suite(source: ModelSource, plan: SamplingPlan, config: BenchConfig,
         "skipped": skipped,
         "results": rows,
     }
+
+
+def _guidance(source: ModelSource, config: BenchConfig, batch: int) -> Guidance | None:
+    """A conditional model's guidance for one batch: one 2B call per step, as `sample` runs by default."""
+    spec = source.spec
+    if not spec.conditioning:
+        if config.class_label is not None or config.guidance is not None:
+            raise ConfigError("this model is unconditional: drop --class/--guidance")
+        return None
+    cond = spec.conditioning[0]
+    if len(spec.conditioning) != 1 or cond.kind != "class":
+        raise ConfigError("bench times class-conditional models; use the Python API for other conditioning")
+    labels = (np.full(batch, config.class_label, np.int64) if config.class_label is not None
+              else np.arange(batch, dtype=np.int64) % cond.num_classes)
+    scale = spec.default_guidance if config.guidance is None else config.guidance
+    return make_guidance(spec.conditioning, {cond.name: labels}, batch, scale=scale, mode="batched")
 
 
 def thread_probe(source: ModelSource, plan: SamplingPlan, backends: tuple[str, ...],

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ddpm_rt.commands import options as opt
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.registry import BACKEND_NAMES
 
@@ -20,12 +21,14 @@ def bench(
     ] = None,
     backends: Annotated[str | None, typer.Option(help=f"Comma-separated, from {', '.join(BACKEND_NAMES)}. Default: torch plus every usable backend.")] = None,
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,16",
-    steps: Annotated[int | None, typer.Option(help="Reverse steps (default: the model's own, e.g. 15 for unipc).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="VP models: unipc (default), dpmpp-2m, dpmpp-3m, ipndm, ddim, ddpm; interp: direct; alpha-power: geometric.")] = None,
-    eta: Annotated[float | None, typer.Option(help="DDIM eta.")] = None,
-    spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
-    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="dpmpp-2m/dpmpp-3m/unipc: Karras noise levels.")] = None,
-    lower_order_final: Annotated[bool | None, typer.Option("--lower-order-final/--no-lower-order-final", help="Multistep solvers: lower order on the last steps of short runs (default on).")] = None,
+    steps: opt.Steps = None,
+    sampler: opt.Sampler = None,
+    eta: opt.Eta = None,
+    spacing: opt.Spacing = None,
+    karras: opt.Karras = None,
+    lower_order_final: opt.LowerOrderFinal = None,
+    class_label: opt.ClassLabel = None,
+    guidance: opt.GuidanceScale = None,
     warmup: Annotated[int, typer.Option(help="Untimed full runs per backend and batch first.")] = 2,
     repeat: Annotated[int, typer.Option(help="Timed full runs per backend and batch (interleaved).")] = 5,
     threads: Annotated[int | None, typer.Option(help="CPU threads, the same for every backend (default: all usable cores).")] = None,
@@ -58,15 +61,14 @@ def bench(
         return
     names = parse_list(backends, what="--backends") if backends else None
     config = BenchConfig(backends=names, batches=parse_list(batch, int, what="--batch"), warmup=warmup,
-                         repeat=repeat, threads=threads, seed=seed)
+                         repeat=repeat, threads=threads, seed=seed, class_label=class_label, guidance=guidance)
     for name in names or ():
         if name != "auto":
             check_backend(name)  # unknown or unusable: say so before loading anything
     src = resolve_source(source)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
-    sampler_spec = src.spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, karras_sigmas=karras,
-                                    lower_order_final=lower_order_final)
+    sampler_spec = opt.sampler_spec(src.spec, steps, sampler, eta, spacing, None, karras, lower_order_final)
     plan = src.spec.plan(sampler_spec)
 
     def log(msg: str) -> None:

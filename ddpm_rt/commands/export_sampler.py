@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ddpm_rt.commands import options as opt
 from ddpm_rt.errors import ConfigError
 
 
@@ -19,19 +20,25 @@ def export_sampler(
                        "`ddpm-rt train` checkpoint is exported to a bundle first."),
     ],
     out: Annotated[Path, typer.Option(help="Output .onnx file (written atomically).")],
-    sampler: Annotated[str | None, typer.Option(help="VP models: unipc (default), dpmpp-2m, dpmpp-3m, ipndm, ddim, ddpm; interp: direct; alpha-power: geometric.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Number of reverse steps (default: the model's own, e.g. 15 for unipc).")] = None,
-    eta: Annotated[float | None, typer.Option(help="DDIM eta: 0 deterministic (full-loop graph possible), > 0 stochastic.")] = None,
-    spacing: Annotated[str | None, typer.Option(help="Timestep spacing: leading | trailing | linspace.")] = None,
-    step_scale: Annotated[float | None, typer.Option(help="Geometric sampler step-size scaling.")] = None,
-    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="dpmpp-2m/dpmpp-3m/unipc: Karras noise levels.")] = None,
-    lower_order_final: Annotated[bool | None, typer.Option("--lower-order-final/--no-lower-order-final", help="Multistep solvers: lower order on the last steps of short runs (default on).")] = None,
+    sampler: opt.Sampler = None,
+    steps: opt.Steps = None,
+    eta: opt.Eta = None,
+    spacing: opt.Spacing = None,
+    step_scale: opt.StepScale = None,
+    karras: opt.Karras = None,
+    lower_order_final: opt.LowerOrderFinal = None,
+    repaint_jump: opt.RepaintJump = None,
+    repaint_resample: opt.RepaintResample = None,
+    edit: Annotated[bool, typer.Option("--edit", help="Editing inputs: start (strength), image and mask (inpainting; "
+                                       "RePaint with --repaint-*); a full-loop edit graph also takes the noise.")] = False,
     graph: Annotated[str, typer.Option(help="step: one step per Run (host loops, any sampler); loop: all steps "
-                                       "in one Run via an ONNX Loop (deterministic samplers); auto: loop when "
-                                       "deterministic.")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+                                       "in one Run via an ONNX Loop (deterministic samplers, or --edit); auto: "
+                                       "loop when it can.")] = "auto",
+    json_out: opt.JsonOut = False,
 ) -> None:
-    """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop."""
+    """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop.
+
+    A conditional bundle gets a guided graph (its labels, guidance_scale and guidance_rescale as inputs)."""
     from ddpm_rt.exporter.sampler_export import (
         export_sampler_graph,
         is_sampler_graph,
@@ -48,9 +55,10 @@ def export_sampler(
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     b = bundle_for(src)
-    sampler_spec = b.spec.sampler(steps, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
-                                  karras_sigmas=karras, lower_order_final=lower_order_final)
-    result = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler_spec, out, graph)
+    sampler_spec = opt.sampler_spec(b.spec, steps, sampler, eta, spacing, step_scale, karras, lower_order_final,
+                                    repaint=(repaint_jump, repaint_resample))
+    result = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler_spec, out, graph,
+                                  edit=edit)
     typer.echo(
         f"wrote {result.graph} graph {out} ({sampler_spec.sampler}, {result.plan.steps} steps, "
         f"eta {sampler_spec.eta:g}); max |fused - Python loop| = {result.max_abs_diff:.2e} "

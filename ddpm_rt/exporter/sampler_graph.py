@@ -21,6 +21,21 @@ and a `SamplingPlan` (its tables stored as initializers, indexed with ``Gather``
 
   Multistep plans carry hist_1..hist_H as loop state too (zeros before the first step).
 
+Extensions (`GraphOptions`; inputs added after the ones above, in this order):
+
+* **guided** (a conditional bundle): each conditioning input of the denoiser (e.g. ``class_labels``
+  int64 [B]), ``guidance_scale`` float32 [] and ``guidance_rescale`` float32 []. The step doubles
+  the batch (x, t repeated; conditioning = [given; null]), calls the denoiser once on 2B, splits
+  and combines ``out = u + w·(c − u)`` (then rescale φ, per sample), as `runtime.guidance`.
+* **edit**: ``start`` int64 [] (the first step run), ``image`` float32 [B, ...] (the image to start
+  from and to keep) and ``mask`` float32 [B, ...] (1 = known). The step graph noises the image at
+  step == start (x is then z: x = qx·image + qn·z); after every calling row the known region is
+  ``kx·image + kn·noise`` (so pass the step's noise everywhere the metadata's ``noise_steps`` say).
+  The full-loop graph takes ``x_init`` (z), ``image``, ``mask``, ``start`` and ``noise``
+  [N, B, ...] and runs steps start..N-1. Multistep coefficients depend on the steps run since the
+  start: the table holds N·(H + 1) rows, row i·(H + 1) + min(i − start, H). RePaint's undo rows
+  (plan column ``calls`` = 0) skip the denoiser inside an ``If``.
+
 Per step, with the plan's row i (see `ddpm_rt.plan`)::
 
     t      = Expand(timesteps[i], [B])                               # (B,)
@@ -34,20 +49,40 @@ The term order matches `runtime.loop.sample_loop`, so both agree to float roundi
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import ExportError
 from ddpm_rt.plan import SamplingPlan
 
 PREFIX = "den/"  # every copied denoiser name lives under this prefix
 MIN_OPSET = 13  # Clip with tensor bounds, Loop with a scalar condition
 GRAPH_KINDS = ("step", "loop")
-# The denoiser contract (design.md): inputs x, t; one output.
+# The denoiser contract (bundle.contract): inputs x, t, then the conditioning inputs; one output.
 DENOISER_INPUTS = ("x", "t")
+EDIT_INPUTS = ("start", "image", "mask")
+GUIDANCE_INPUTS = ("guidance_scale", "guidance_rescale")
+_ONNX_TYPE = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """What a sampler graph takes besides the sample: the denoiser's conditioning (a guided graph),
+    and whether it edits (start, image, mask). `plan_for_start` gives the plan of a run that starts
+    at step s (edit graphs of multistep plans: their coefficients depend on the start)."""
+
+    cond: tuple[CondInput, ...] = ()
+    edit: bool = False
+    plan_for_start: Callable[[int], SamplingPlan] | None = None
+
+    @property
+    def guided(self) -> bool:
+        return bool(self.cond)
 
 
 def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
@@ -75,14 +110,15 @@ def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
                     _rename_graph(g, mapping)
 
 
-def _check_denoiser(model: onnx.ModelProto) -> int:
+def _check_denoiser(model: onnx.ModelProto, cond: tuple[CondInput, ...] = ()) -> int:
     """Check the denoiser contract; return its default-domain opset."""
     g = model.graph
     inits = {i.name for i in g.initializer}
     inputs = [i.name for i in g.input if i.name not in inits]
-    if tuple(inputs) != DENOISER_INPUTS or len(g.output) != 1:
+    want = (*DENOISER_INPUTS, *(c.name for c in cond))
+    if tuple(inputs) != want or len(g.output) != 1:
         raise ExportError(
-            f"the denoiser graph must have inputs (x, t) and one output, got inputs {inputs} "
+            f"the denoiser graph must have inputs ({', '.join(want)}) and one output, got inputs {inputs} "
             f"and outputs {[o.name for o in g.output]}; re-export the bundle with `ddpm-rt export`"
         )
     if len(g.sparse_initializer):
@@ -97,11 +133,12 @@ def _check_denoiser(model: onnx.ModelProto) -> int:
 
 
 def _denoiser_parts(
-    denoiser: onnx.ModelProto, x: str, t: str, out: str
+    denoiser: onnx.ModelProto, x: str, t: str, out: str, cond: dict[str, str] | None = None
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The denoiser's nodes and initializers, renamed so they read `x`, `t` and write `out`."""
+    """The denoiser's nodes and initializers, renamed so they read `x`, `t` (and the conditioning
+    inputs `cond` maps) and write `out`."""
     g = copy.deepcopy(denoiser.graph)
-    _rename_graph(g, {"x": x, "t": t, g.output[0].name: out})
+    _rename_graph(g, {"x": x, "t": t, g.output[0].name: out, **(cond or {})})
     return list(g.node), list(g.initializer)
 
 
@@ -115,32 +152,62 @@ def history_names(plan: SamplingPlan) -> tuple[list[str], list[str]]:
     return ins, [f"{n}_next" for n in ins]
 
 
-def _columns(plan: SamplingPlan, noise: bool) -> tuple[str, ...]:
-    """The plan columns a step reads, in table order (hist_j: column j-1 of plan.hist)."""
+def _columns(plan: SamplingPlan, noise: bool, edit: bool = False) -> tuple[str, ...]:
+    """The plan columns a step reads, in table order (hist_j: column j-1 of plan.hist; edit graphs add
+    the known-region and forward coefficients and `called`, 1 where the row calls the denoiser)."""
     return (("timesteps", "a", "b") + (("sigma",) if noise else ())
-            + (("cx", "co", "p0") if plan.converts else ()) + tuple(history_names(plan)[0]))
+            + (("cx", "co", "p0") if plan.converts else ()) + tuple(history_names(plan)[0])
+            + (("kx", "kn", "qx", "qn", "called") if edit else ()))
 
 
 def _column(plan: SamplingPlan, name: str) -> np.ndarray:
     if name.startswith("hist_"):
         return plan.hist[:, int(name.split("_")[1]) - 1]
+    if name == "called":
+        return (plan.calls != 0).astype(np.float32)
     return getattr(plan, name)
 
 
-def _plan_tables(plan: SamplingPlan, noise: bool) -> list[onnx.TensorProto]:
-    """The plan as one float32 [N, K] table (a row per step, sampling order) plus small constants.
+def _rows(plan: SamplingPlan, noise: bool, options: GraphOptions) -> np.ndarray:
+    """float32 [N, K], or for an edit graph [N·(H + 1), K]: row i·(H + 1) + j holds step i's
+    coefficients when it is the j-th step run since the start (j = H: H or more)."""
+    cols = _columns(plan, noise, options.edit)
+
+    def table(p: SamplingPlan) -> np.ndarray:
+        return np.stack([_column(p, c) for c in cols], axis=1).astype(np.float32)  # (rows of p, K)
+
+    full = table(plan)  # the run from step 0
+    h = plan.depth
+    if not options.edit or h == 0:
+        return full
+    assert options.plan_for_start is not None, "an edit graph of a multistep plan needs plan_for_start"
+    rows = np.repeat(full, h + 1, axis=0)  # j = H (steady state): the full run's rows
+    for i in range(plan.steps):
+        for j in range(min(h, i + 1)):  # step i as the j-th step of a run that starts at i - j
+            rows[i * (h + 1) + j] = table(options.plan_for_start(i - j))[j]
+    return rows
+
+
+def _plan_tables(plan: SamplingPlan, noise: bool, options: GraphOptions | None = None) -> list[onnx.TensorProto]:
+    """The plan as one float32 table (a row per step, sampling order; see `_rows`) plus small constants.
 
     One Gather of row `step` and one Split give every coefficient of a step: two nodes per
     step whatever K is, which matters in a Loop body around a tiny denoiser.
     """
-    cols = _columns(plan, noise)
-    table = np.stack([_column(plan, c) for c in cols], axis=1).astype(np.float32)  # (N, K)
-    tabs = [numpy_helper.from_array(np.ascontiguousarray(table), "plan/table"),
+    options = options or GraphOptions()
+    cols = _columns(plan, noise, options.edit)
+    tabs = [numpy_helper.from_array(np.ascontiguousarray(_rows(plan, noise, options)), "plan/table"),
             numpy_helper.from_array(np.ones(len(cols), dtype=np.int64), "plan/split"),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "plan/zero1"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "plan/one1")]
     if plan.clip is not None:
         tabs += [_scalar("plan/clip_lo", plan.clip[0]), _scalar("plan/clip_hi", plan.clip[1])]
+    if options.edit:
+        tabs += [_scalar("plan/depth", plan.depth, np.int64), _scalar("plan/stride", plan.depth + 1, np.int64)]
+    if options.guided:
+        tabs += [_scalar("plan/two", 2, np.int64), _scalar("plan/one_f", 1.0),
+                 *(numpy_helper.from_array(np.full([1] * (1 + len(c.shape)), c.null, dtype=c.np_dtype),
+                                           f"plan/null_{c.name}") for c in options.cond)]
     return tabs
 
 
@@ -150,29 +217,121 @@ def _batch_nodes(x: str, batch: str, tag: str) -> list[onnx.NodeProto]:
             helper.make_node("Slice", [f"x_shape{tag}", "plan/zero1", "plan/one1"], [batch], name=f"batch{tag}")]
 
 
+def _reduce_mean(x: str, out: str, axes: list[int], opset: int, tag: str) -> list[onnx.NodeProto]:
+    """ReduceMean over `axes`, keepdims (axes an attribute before opset 18, an input from 18 on)."""
+    if opset < 18:
+        return [helper.make_node("ReduceMean", [x], [out], axes=axes, keepdims=1, name=out)]
+    axes_name = f"{out}/axes"
+    return [helper.make_node("Constant", [], [axes_name], name=axes_name,
+                             value=numpy_helper.from_array(np.array(axes, np.int64))),
+            helper.make_node("ReduceMean", [x, axes_name], [out], keepdims=1, name=out)]
+
+
+def _std_nodes(x: str, out: str, axes: list[int], opset: int) -> list[onnx.NodeProto]:
+    """Per-sample standard deviation (ddof 0), keepdims: sqrt(mean((x - mean(x))²))."""
+    return [*_reduce_mean(x, f"{out}/mean", axes, opset, ""),
+            helper.make_node("Sub", [x, f"{out}/mean"], [f"{out}/dev"], name=f"{out}/dev"),
+            helper.make_node("Mul", [f"{out}/dev", f"{out}/dev"], [f"{out}/sq"], name=f"{out}/sq"),
+            *_reduce_mean(f"{out}/sq", f"{out}/var", axes, opset, ""),
+            helper.make_node("Sqrt", [f"{out}/var"], [out], name=out)]
+
+
+def _denoise_nodes(denoiser: onnx.ModelProto, x: str, t: str, out: str, batch: str, tag: str,
+                   options: GraphOptions, opset: int, ndim: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """out = the denoiser's output at (x, t); for a guided graph the CFG combination (as
+    `runtime.guidance`): one call on [x; x], [t; t], [given; null], then u + w·(c − u), rescaled by φ."""
+    n = lambda s: f"{s}{tag}"  # noqa: E731 - a local naming helper
+    if not options.guided:
+        return _denoiser_parts(denoiser, x, t, out)
+    nodes = [helper.make_node("Concat", [x, x], [n("x2")], axis=0, name=n("x2")),  # (2B, ...)
+             helper.make_node("Concat", [t, t], [n("t2")], axis=0, name=n("t2"))]  # (2B,)
+    cond = {}
+    for c in options.cond:  # [given; null]
+        nodes += [helper.make_node("Shape", [c.name], [n(f"{c.name}/shape")], name=n(f"{c.name}/shape")),
+                  helper.make_node("Expand", [f"plan/null_{c.name}", n(f"{c.name}/shape")], [n(f"{c.name}/null")],
+                                   name=n(f"{c.name}/null")),
+                  helper.make_node("Concat", [c.name, n(f"{c.name}/null")], [n(f"{c.name}2")], axis=0,
+                                   name=n(f"{c.name}2"))]
+        cond[c.name] = n(f"{c.name}2")
+    den_nodes, den_inits = _denoiser_parts(denoiser, n("x2"), n("t2"), n("out2"), cond)
+    axes = list(range(1, ndim))
+    nodes += [
+        *den_nodes,
+        helper.make_node("Mul", [batch, "plan/two"], [n("b2")], name=n("b2")),
+        helper.make_node("Slice", [n("out2"), "plan/zero1", batch, "plan/zero1"], [n("c")], name=n("c")),
+        helper.make_node("Slice", [n("out2"), batch, n("b2"), "plan/zero1"], [n("u")], name=n("u")),
+        # u + w·(c − u)
+        helper.make_node("Sub", [n("c"), n("u")], [n("c-u")], name=n("c-u")),
+        helper.make_node("Mul", [n("c-u"), "guidance_scale"], [n("w(c-u)")], name=n("w(c-u)")),
+        helper.make_node("Add", [n("w(c-u)"), n("u")], [n("cfg")], name=n("cfg")),
+        # rescale (φ = 0: the plain combination, exactly)
+        *_std_nodes(n("c"), n("std_c"), axes, opset),
+        *_std_nodes(n("cfg"), n("std_cfg"), axes, opset),
+        helper.make_node("Div", [n("std_c"), n("std_cfg")], [n("factor")], name=n("factor")),
+        helper.make_node("Mul", [n("factor"), "guidance_rescale"], [n("phi_f")], name=n("phi_f")),
+        helper.make_node("Sub", ["plan/one_f", "guidance_rescale"], [n("1-phi")], name=n("1-phi")),
+        helper.make_node("Add", [n("phi_f"), n("1-phi")], [n("mix")], name=n("mix")),
+        helper.make_node("Mul", [n("cfg"), n("mix")], [n("rescaled")], name=n("rescaled")),
+        helper.make_node("Equal", ["guidance_rescale", "plan/zero_f"], [n("no_rescale")], name=n("no_rescale")),
+        helper.make_node("Where", [n("no_rescale"), n("cfg"), n("rescaled")], [out], name=n("guided")),
+    ]
+    return nodes, den_inits
+
+
 def _step_nodes(
     plan: SamplingPlan, x: str, step: str, noise: str | None, x_prev: str, batch: str, tag: str,
-    hist: tuple[list[str], list[str]] = ([], []),
-) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], str, str]:
-    """Nodes of one step around the denoiser call: (before, after, t name, out name).
+    hist: tuple[list[str], list[str]] = ([], []), *, denoiser: onnx.ModelProto, opset: int, ndim: int,
+    options: GraphOptions | None = None, noise_start: bool = False,
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes of one step, the denoiser call included, and the initializers they need.
 
-    `before` gathers row `step` and builds t (`batch` is an int64 [1] tensor holding B);
-    `after` is the update, and for multistep plans moves `hist` = (inputs d_{i-1}..d_{i-H},
-    outputs d_i..d_{i-H+1}) on by one step. Names are suffixed with `tag` so the same
-    builder serves the main graph and a Loop body.
+    `batch` is an int64 [1] tensor holding B. For multistep plans `hist` = (inputs d_{i-1}..d_{i-H},
+    outputs d_i..d_{i-H+1}) moves on by one step. Edit graphs read ``start``, ``image``, ``mask``;
+    with `noise_start` (the step graph) x is the noise z at step == start and is noised here.
+    Names are suffixed with `tag` so the same builder serves the main graph and a Loop body.
     """
+    options = options or GraphOptions()
     n = lambda s: f"{s}{tag}"  # noqa: E731 - a local naming helper
     t, out = n("t"), n("out")
-    cols = _columns(plan, noise is not None)
+    cols = _columns(plan, noise is not None, options.edit)
     hist_in, hist_out = hist
-    before = [
+    row = step
+    before: list[onnx.NodeProto] = []
+    if options.edit:  # row i·(H + 1) + min(i − start, H) of the start-aware table
+        row = n("row_index")
+        before += [helper.make_node("Sub", [step, "start"], [n("since")], name=n("since")),
+                   helper.make_node("Min", [n("since"), "plan/depth"], [n("warmup")], name=n("warmup")),
+                   helper.make_node("Mul", [step, "plan/stride"], [n("base")], name=n("base")),
+                   helper.make_node("Add", [n("base"), n("warmup")], [row], name=row)]
+    before += [
         # the coefficients of row `step`, each float32 [1] (broadcasts over (B, ...))
-        helper.make_node("Gather", ["plan/table", step], [n("row")], name=n("row")),          # (K,)
+        helper.make_node("Gather", ["plan/table", row], [n("row")], name=n("row")),          # (K,)
         helper.make_node("Split", [n("row"), "plan/split"], [n(f"c_{c}") for c in cols], axis=0,
                          name=n("coefficients")),
         # t = Expand(timesteps[step], [B])                                    # (B,)
         helper.make_node("Expand", [n("c_timesteps"), batch], [t], name=n("t")),
     ]
+    if noise_start:  # at step == start, x is z: x = qx·image + qn·z
+        x_in = n("x_in")
+        before += [helper.make_node("Equal", [step, "start"], [n("first")], name=n("first")),
+                   helper.make_node("Mul", [x, n("c_qn")], [n("qz")], name=n("qz")),
+                   helper.make_node("Mul", ["image", n("c_qx")], [n("qi")], name=n("qi")),
+                   helper.make_node("Add", [n("qz"), n("qi")], [n("noised")], name=n("noised")),
+                   helper.make_node("Where", [n("first"), n("noised"), x], [x_in], name=x_in)]
+        x = x_in
+    den_nodes, inits = _denoise_nodes(denoiser, x, t, out, batch, tag, options, opset, ndim)
+    if options.edit and np.any(plan.calls == 0):  # RePaint undo rows: no call, out = 0 (b = p0 = 0 there)
+        then = helper.make_graph(den_nodes, n("call"), [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                                 initializer=inits)
+        other = helper.make_graph(
+            [helper.make_node("Shape", [x], [n("x_shape_undo")], name=n("x_shape_undo")),
+             helper.make_node("ConstantOfShape", [n("x_shape_undo")], [n("out_undo")], name=n("out_undo"),
+                              value=numpy_helper.from_array(np.zeros(1, np.float32)))],
+            n("undo"), [], [helper.make_tensor_value_info(n("out_undo"), TensorProto.FLOAT, None)])
+        den_nodes, inits = [helper.make_node("Cast", [n("c_called")], [n("calls")], to=TensorProto.BOOL,
+                                             name=n("calls")),
+                            helper.make_node("If", [n("calls")], [out], then_branch=then, else_branch=other,
+                                             name=n("call_or_undo"))], []
     nodes = []
     if plan.converts:
         # d = [clip](cx·x + co·out), before the update (same order as the host loop)
@@ -200,15 +359,26 @@ def _step_nodes(
         # the history moves on one step: d_i first, then d_{i-1} .. d_{i-H+1}
         for src, dst in zip([n("d"), *hist_in][: len(hist_out)], hist_out, strict=True):
             nodes.append(helper.make_node("Identity", [src], [dst], name=f"shift/{dst}"))
+    updated = x_prev if not options.edit else n("x_unmasked")
     if noise is not None:
         # ... + sigma·z  (sigma = 0 on deterministic rows: z is read but adds exactly 0)
         nodes += [
             helper.make_node("Mul", [noise, n("c_sigma")], [n("sz")], name=n("sz")),
-            helper.make_node("Add", [acc, n("sz")], [x_prev], name=n("x_prev")),
+            helper.make_node("Add", [acc, n("sz")], [updated], name=n("x_prev")),
         ]
     else:
-        nodes.append(helper.make_node("Identity", [acc], [x_prev], name=n("x_prev")))
-    return before, nodes, t, out
+        nodes.append(helper.make_node("Identity", [acc], [updated], name=n("x_prev")))
+    if options.edit:
+        # the known region after a calling row: kx·image + kn·z (the row's own noise)
+        assert noise is not None, "edit graphs take the per-step noise"
+        nodes += [helper.make_node("Mul", ["image", n("c_kx")], [n("ki")], name=n("ki")),
+                  helper.make_node("Mul", [noise, n("c_kn")], [n("kz")], name=n("kz")),
+                  helper.make_node("Add", [n("ki"), n("kz")], [n("known")], name=n("known")),
+                  helper.make_node("Greater", ["mask", "plan/half"], [n("mask_b")], name=n("mask_b")),
+                  helper.make_node("Cast", [n("c_called")], [n("called_b")], to=TensorProto.BOOL, name=n("called_b")),
+                  helper.make_node("And", [n("mask_b"), n("called_b")], [n("keep")], name=n("keep")),
+                  helper.make_node("Where", [n("keep"), n("known"), updated], [x_prev], name=n("masked"))]
+    return [*before, *den_nodes, *nodes], inits
 
 
 def _tensor_info(name: str, sample_shape: Iterable[int], dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
@@ -229,36 +399,64 @@ def _model(graph: onnx.GraphProto, denoiser: onnx.ModelProto, opset: int,
     return model
 
 
+def _extra_inputs(options: GraphOptions, sample_shape: tuple[int, ...]) -> list[onnx.ValueInfoProto]:
+    """The graph inputs a guided / edit graph adds, in the documented order."""
+    infos = [helper.make_tensor_value_info(c.name, _ONNX_TYPE[c.dtype], ["batch", *c.shape]) for c in options.cond]
+    if options.guided:
+        infos += [helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in GUIDANCE_INPUTS]
+    if options.edit:
+        infos += [helper.make_tensor_value_info("start", TensorProto.INT64, []),
+                  _tensor_info("image", sample_shape), _tensor_info("mask", sample_shape)]
+    return infos
+
+
+def _extra_constants(options: GraphOptions) -> list[onnx.TensorProto]:
+    consts = []
+    if options.guided:
+        consts.append(_scalar("plan/zero_f", 0.0))
+    if options.edit:
+        consts.append(_scalar("plan/half", 0.5))
+    return consts
+
+
 def build_step_graph(
-    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str]
+    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str],
+    options: GraphOptions | None = None,
 ) -> onnx.ModelProto:
-    """One fused reverse step: (x, step, noise) -> x_prev."""
-    opset = _check_denoiser(denoiser)
+    """One fused reverse step: (x, step, noise, ...) -> x_prev."""
+    options = options or GraphOptions()
+    opset = _check_denoiser(denoiser, options.cond)
     hist = history_names(plan)
-    before, after, t, out = _step_nodes(plan, "x", "step", "noise", "x_prev", "batch", tag="", hist=hist)
-    den_nodes, den_inits = _denoiser_parts(denoiser, "x", t, out)
+    nodes, den_inits = _step_nodes(plan, "x", "step", "noise", "x_prev", "batch", tag="", hist=hist,
+                                   denoiser=denoiser, opset=opset, ndim=1 + len(sample_shape), options=options,
+                                   noise_start=options.edit)
     graph = helper.make_graph(
-        [*_batch_nodes("x", "batch", ""), *before, *den_nodes, *after],
+        [*_batch_nodes("x", "batch", ""), *nodes],
         "ddpm_rt_step",
         inputs=[_tensor_info("x", sample_shape),
                 helper.make_tensor_value_info("step", TensorProto.INT64, []),
                 _tensor_info("noise", sample_shape),
-                *(_tensor_info(h, sample_shape) for h in hist[0])],
+                *(_tensor_info(h, sample_shape) for h in hist[0]),
+                *_extra_inputs(options, sample_shape)],
         outputs=[_tensor_info("x_prev", sample_shape), *(_tensor_info(h, sample_shape) for h in hist[1])],
-        initializer=[*_plan_tables(plan, noise=True), *den_inits],
+        initializer=[*_plan_tables(plan, noise=True, options=options), *_extra_constants(options), *den_inits],
     )
     return _model(graph, denoiser, opset, metadata)
 
 
 def build_loop_graph(
-    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str]
+    denoiser: onnx.ModelProto, plan: SamplingPlan, sample_shape: tuple[int, ...], metadata: dict[str, str],
+    options: GraphOptions | None = None,
 ) -> onnx.ModelProto:
-    """Every step in one ONNX Loop (trip count N, loop-carried x): x_init -> x_0.
+    """Every step in one ONNX Loop (loop-carried x): x_init -> x_0.
 
-    Only for deterministic plans (sigma = 0 on every row); the caller checks.
+    A plain graph is for deterministic plans only (sigma = 0 on every row; the caller checks). An
+    edit graph takes the per-step noise as an input and runs steps start..N-1 from
+    x_start = qx·image + qn·x_init.
     """
-    assert not plan.stochastic, "the full-loop graph has no noise input"
-    opset = _check_denoiser(denoiser)
+    options = options or GraphOptions()
+    assert options.edit or not plan.stochastic, "the plain full-loop graph has no noise input"
+    opset = _check_denoiser(denoiser, options.cond)
     # Loop body: (iteration i, cond, x_i) -> (cond, x_{i+1}). The denoiser's weights are
     # initializers of the body itself, not read from the outer scope: ONNX Runtime's CPU
     # layout rewrite (NCHWc convolutions) must re-pack a Conv's weights in the Conv's own
@@ -266,12 +464,16 @@ def build_loop_graph(
     # than a plain denoiser session. The small plan table and B (computed once, from x_init)
     # stay in the main graph.
     h_in, h_out = (["body/" + h for h in names] for names in history_names(plan))
-    before, after, t, out = _step_nodes(plan, "body/x", "body/i", None, "body/x_next", "loop/batch",
-                                        tag="@body", hist=(h_in, h_out))
-    den_nodes, den_inits = _denoiser_parts(denoiser, "body/x", t, out)
+    step, noise, pre = "body/i", None, []
+    if options.edit:  # step = start + i; z = noise[step]
+        step, noise = "body/step", "body/z"
+        pre = [helper.make_node("Add", ["body/i", "start"], [step], name="body/step"),
+               helper.make_node("Gather", ["noise", step], [noise], name="body/z")]
+    nodes, den_inits = _step_nodes(plan, "body/x", step, noise, "body/x_next", "loop/batch", tag="@body",
+                                   hist=(h_in, h_out), denoiser=denoiser, opset=opset, ndim=1 + len(sample_shape),
+                                   options=options)
     body = helper.make_graph(
-        [*before, *den_nodes, *after,
-         helper.make_node("Identity", ["body/cond"], ["body/cond_out"], name="body/cond")],
+        [*pre, *nodes, helper.make_node("Identity", ["body/cond"], ["body/cond_out"], name="body/cond")],
         "ddpm_rt_loop_body",
         inputs=[helper.make_tensor_value_info("body/i", TensorProto.INT64, []),
                 helper.make_tensor_value_info("body/cond", TensorProto.BOOL, []),
@@ -284,17 +486,35 @@ def build_loop_graph(
     zeros = [helper.make_node("Shape", ["x_init"], ["loop/x_shape"], name="loop/x_shape"),
              helper.make_node("ConstantOfShape", ["loop/x_shape"], ["loop/zeros"], name="loop/zeros",
                               value=numpy_helper.from_array(np.zeros(1, np.float32)))] if h_in else []
-    loop = helper.make_node("Loop", ["loop/trip_count", "loop/cond", "x_init", *(["loop/zeros"] * len(h_in))],
+    start_nodes, x0, trip = [], "x_init", "loop/trip_count"
+    if options.edit:  # x_start = qx[start]·image + qn[start]·x_init; N - start steps
+        cols = _columns(plan, True, True)
+        x0, trip = "loop/x_start", "loop/trips"
+        start_nodes = [
+            helper.make_node("Mul", ["start", "plan/stride"], ["loop/start_row"], name="loop/start_row"),
+            helper.make_node("Gather", ["plan/table", "loop/start_row"], ["loop/row"], name="loop/row"),
+            helper.make_node("Split", ["loop/row", "plan/split"], [f"loop/c_{c}" for c in cols], axis=0,
+                             name="loop/coefficients"),
+            helper.make_node("Mul", ["x_init", "loop/c_qn"], ["loop/qz"], name="loop/qz"),
+            helper.make_node("Mul", ["image", "loop/c_qx"], ["loop/qi"], name="loop/qi"),
+            helper.make_node("Add", ["loop/qz", "loop/qi"], [x0], name="loop/x_start"),
+            helper.make_node("Sub", ["loop/trip_count", "start"], [trip], name="loop/trips"),
+        ]
+    loop = helper.make_node("Loop", [trip, "loop/cond", x0, *(["loop/zeros"] * len(h_in))],
                             ["x_0", *(f"loop/hist_{j}_final" for j in range(1, len(h_in) + 1))],
                             name="sampler_loop", body=body)
+    inputs = [_tensor_info("x_init", sample_shape)]
+    extra = _extra_inputs(options, sample_shape)
+    if options.edit:
+        extra.append(helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["steps", "batch", *sample_shape]))
     graph = helper.make_graph(
-        [*_batch_nodes("x_init", "loop/batch", "@main"), *zeros, loop],
+        [*_batch_nodes("x_init", "loop/batch", "@main"), *zeros, *start_nodes, loop],
         "ddpm_rt_full_loop",
-        inputs=[_tensor_info("x_init", sample_shape)],
+        inputs=[*inputs, *extra],
         outputs=[_tensor_info("x_0", sample_shape)],
         initializer=[_scalar("loop/trip_count", plan.steps, np.int64),
                      numpy_helper.from_array(np.array(True), "loop/cond"),
-                     *_plan_tables(plan, noise=False)],
+                     *_plan_tables(plan, noise=options.edit, options=options), *_extra_constants(options)],
     )
     return _model(graph, denoiser, opset, metadata)
 

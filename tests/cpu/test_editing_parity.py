@@ -119,7 +119,7 @@ def test_every_repaint_row_equals_diffusers(eta, clip, monkeypatch):
         x = r.standard_normal(SHAPE, dtype=np.float32)
         out = r.standard_normal(SHAPE, dtype=np.float32)
         z = r.standard_normal(SHAPE, dtype=np.float32)
-        row = replace(plan.rows(i, i + 1), init=(0.0, 1.0))  # x_start = x: one row alone
+        row = replace(plan.rows(i, i + 1), qx=np.zeros(1, np.float32), qn=np.ones(1, np.float32))  # x_start = x
         got = sample_loop(lambda x, t, out=out: out, row, x, noise=z[None], edit=Edit(original, mask))
         if plan.calls[i]:
             drawn[:] = [torch.from_numpy(z).double()]

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from ddpm_rt.errors import ConfigError, ExportError
 from ddpm_rt.exporter import sampler_export as SE
@@ -16,35 +15,7 @@ from ddpm_rt.plan import SamplerSpec
 from ddpm_rt.schedule import ScheduleSpec
 from ddpm_rt.spec import DiffusionSpec
 from tests.cli_helpers import assert_one_line_error, run_cli
-
-
-def tiny_denoiser(sample_shape: tuple[int, ...], seed: int = 0, opset: int = 17) -> onnx.ModelProto:
-    """A hand-built denoiser on the graph contract: out = tanh(W*x + sin(0.05·t) + bias)."""
-    rng = np.random.default_rng(seed)
-    image = len(sample_shape) == 3
-    c = sample_shape[0]
-    w = rng.standard_normal((c, c, 3, 3) if image else (c, c)).astype(np.float32) * 0.4
-    t_shape = np.array([-1, 1, 1, 1] if image else [-1, 1], np.int64)
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0.05), "k"),
-             numpy_helper.from_array(t_shape, "t_shape"),
-             numpy_helper.from_array(rng.standard_normal(sample_shape).astype(np.float32) * 0.2, "bias")]
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]) if image
-        else helper.make_node("MatMul", ["x", "w"], ["h"]),
-        helper.make_node("Mul", ["t", "k"], ["tk"]),
-        helper.make_node("Sin", ["tk"], ["st"]),
-        helper.make_node("Reshape", ["st", "t_shape"], ["st_b"]),
-        helper.make_node("Add", ["h", "st_b"], ["h2"]),
-        helper.make_node("Add", ["h2", "bias"], ["h3"]),
-        helper.make_node("Tanh", ["h3"], ["out"]),
-    ]
-    io = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
-    graph = helper.make_graph(nodes, "tiny", [io("x", ["batch", *sample_shape]), io("t", ["batch"])],
-                              [io("out", ["batch", *sample_shape])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model)
-    return model
-
+from tests.helpers.graphs import tiny_denoiser
 
 IMAGE = DiffusionSpec(ScheduleSpec(kind="linear", num_train_timesteps=100), "epsilon", (1, 4, 4), clip=(-1.0, 1.0))
 VECTOR = DiffusionSpec(ScheduleSpec(kind="cosine", num_train_timesteps=40), "epsilon", (2,))
