@@ -3,6 +3,8 @@
 //
 //   node sample.mjs --model sampler.onnx --out x0.npy [--x-init x_T.npy] [--noise z.npy]
 //                   [--batch B --seed S] [--start K] [--stop M] [--threads T] [--opt-level L] [--repeat R]
+//                   [--labels L.npy | --class C] [--guidance W] [--guidance-rescale R]      (guided graphs)
+//                   [--image I.npy --mask M.npy]                                             (edit graphs)
 //
 // Everything the host needs is read from the model's metadata_props (key `ddpm_rt_sampler`):
 // which graph it is (step | loop), the input names, dtypes and shapes, the step count and which
@@ -18,6 +20,14 @@
 // Multistep samplers (dpmpp-2m, dpmpp-3m, unipc, ipndm): the step graph also takes hist_1..hist_H
 // (past converted outputs) and returns hist_1_next..hist_H_next; metadata `history.carry` lists
 // each {output, input} pair. The host feeds zeros at step 0, then each output back as its input.
+//
+// Guided graphs (conditional models, metadata `guided`): the conditioning inputs (e.g. class_labels,
+// int64 [B]: --labels L.npy with dtype int64, or --class C for every sample), guidance_scale
+// (--guidance, default: the model's own) and guidance_rescale (--guidance-rescale, default 0); the
+// graph forms the null half and combines them itself.
+// Edit graphs (metadata `edit`): start (--start K: the first step run), image and mask [B, ...]
+// (--image, --mask; mask 1 = known); at step == start the step graph takes the noise z as x and
+// noises the image itself. The full-loop edit graph also takes the per-step noise (--noise).
 
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -86,7 +96,7 @@ function onnxMetadata(buf) {
 
 // ---------------------------------------------------------------- .npy float32 I/O
 
-function readNpy(path, what) {
+function readNpy(path, what, dtypes = ['<f4']) {
   let buf;
   try {
     buf = readFileSync(path);
@@ -106,21 +116,22 @@ function readNpy(path, what) {
   if (descr === undefined || fortran === undefined || shapeText === undefined) {
     throw new InputError(`${what} ${path} has a malformed .npy header`);
   }
-  if (descr !== '<f4') {
-    throw new InputError(`${what} ${path} has dtype ${descr}; it must be float32 ('<f4'): save x.astype(numpy.float32)`);
+  if (!dtypes.includes(descr)) {
+    throw new InputError(`${what} ${path} has dtype ${descr}; it must be ${dtypes.join(' or ')}: save x.astype(numpy.${descr === '<f4' ? 'int64' : 'float32'})`);
   }
+  const width = descr === '<i8' ? 8 : 4;
   if (fortran === 'True') {
     throw new InputError(`${what} ${path} is Fortran-ordered; save numpy.ascontiguousarray(x)`);
   }
   const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length).map(Number);
   const count = shape.reduce((a, b) => a * b, 1);
-  if (buf.length - off !== count * 4) {
-    throw new InputError(`${what} ${path}: header says shape [${shape}] but the file holds ${(buf.length - off) / 4} floats`);
+  if (buf.length - off !== count * width) {
+    throw new InputError(`${what} ${path}: header says shape [${shape}] but the file holds ${(buf.length - off) / width} values`);
   }
   // copy into a fresh, aligned buffer (the file buffer may sit at any byte offset)
-  const data = new Float32Array(count);
-  new Uint8Array(data.buffer).set(buf.subarray(off, off + count * 4));
-  return { data, shape };
+  const data = width === 8 ? new BigInt64Array(count) : new Float32Array(count);
+  new Uint8Array(data.buffer).set(buf.subarray(off, off + count * width));
+  return { data, shape, dtype: descr };
 }
 
 function writeNpy(path, data, shape) {
@@ -168,12 +179,13 @@ function normalRng(seed) {
 
 const USAGE = 'usage: node sample.mjs --model FILE.onnx --out OUT.npy [--x-init X.npy] [--noise Z.npy] '
   + '[--batch B] [--seed S] [--start K] [--stop M] [--threads T] [--opt-level disabled|basic|extended|all] '
-  + '[--repeat R]';
+  + '[--repeat R] [--labels L.npy | --class C] [--guidance W] [--guidance-rescale R] [--image I.npy --mask M.npy]';
 const OPT_LEVELS = ['disabled', 'basic', 'extended', 'all'];
 
 function parseArgs(argv) {
   const opts = { seed: '0' };
-  const known = ['model', 'out', 'x-init', 'noise', 'batch', 'seed', 'start', 'stop', 'threads', 'opt-level', 'repeat'];
+  const known = ['model', 'out', 'x-init', 'noise', 'batch', 'seed', 'start', 'stop', 'threads', 'opt-level', 'repeat',
+    'labels', 'class', 'guidance', 'guidance-rescale', 'image', 'mask'];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--help' || a === '-h') {
@@ -233,6 +245,48 @@ function readSamplerGraph(path) {
   return { bytes, desc };
 }
 
+// The guided / edit inputs the metadata lists, from the command line (validated against it).
+function extraFeeds(opts, desc, batch, xDims, start) {
+  const feeds = {};
+  const given = (name) => opts[name] !== undefined;
+  for (const io of desc.inputs) {
+    const cond = (desc.conditioning ?? []).find((c) => c.name === io.name);
+    if (cond) {
+      if (given('labels')) {
+        const arr = readNpy(opts.labels, '--labels', cond.kind === 'class' ? ['<i8'] : ['<f4']);
+        if (arr.shape[0] !== batch) throw new InputError(`--labels holds ${arr.shape[0]} rows for a batch of ${batch}`);
+        feeds[io.name] = new ort.Tensor(cond.kind === 'class' ? 'int64' : 'float32', arr.data, arr.shape);
+      } else if (given('class') && cond.kind === 'class') {
+        const c = Number(opts.class);
+        if (!Number.isInteger(c) || c < 0 || c >= cond.num_classes) {
+          throw new InputError(`--class must be an integer in [0, ${cond.num_classes - 1}], got ${opts.class}`);
+        }
+        feeds[io.name] = new ort.Tensor('int64', new BigInt64Array(batch).fill(BigInt(c)), [batch]);
+      } else {
+        throw new InputError(`this graph is conditional (${io.name}): give --labels L.npy${cond.kind === 'class' ? ' or --class C' : ''}`);
+      }
+    } else if (io.name === 'guidance_scale' || io.name === 'guidance_rescale') {
+      const flag = io.name === 'guidance_scale' ? 'guidance' : 'guidance-rescale';
+      const v = Number(opts[flag] ?? (io.name === 'guidance_scale' ? (desc.default_guidance ?? 1) : 0));
+      if (!Number.isFinite(v) || v < 0) throw new InputError(`--${flag} must be a number >= 0, got ${opts[flag]}`);
+      feeds[io.name] = new ort.Tensor('float32', Float32Array.of(v), []);
+    } else if (io.name === 'start') {
+      feeds.start = new ort.Tensor('int64', BigInt64Array.of(BigInt(start)), []);
+    } else if (io.name === 'image' || io.name === 'mask') {
+      if (!given(io.name)) throw new InputError(`this is an edit graph: give --${io.name} ${io.name.toUpperCase()}.npy [batch, ...sample_shape]`);
+      const arr = readNpy(opts[io.name], `--${io.name}`);
+      if (!sameShape(arr.shape, xDims)) throw new InputError(`--${io.name} has shape [${arr.shape}]; this graph needs [${xDims}]`);
+      feeds[io.name] = new ort.Tensor('float32', arr.data, xDims);
+    }
+  }
+  for (const flag of ['labels', 'class', 'guidance', 'guidance-rescale', 'image', 'mask']) {
+    const used = { labels: desc.guided, class: desc.guided, guidance: desc.guided, 'guidance-rescale': desc.guided,
+      image: desc.edit, mask: desc.edit }[flag];
+    if (given(flag) && !used) throw new InputError(`--${flag} is not an input of this graph (guided: ${!!desc.guided}, edit: ${!!desc.edit})`);
+  }
+  return feeds;
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const { bytes, desc } = readSamplerGraph(opts.model);
@@ -242,13 +296,13 @@ async function main() {
   const start = intOption(opts, 'start', 0, steps) ?? 0;
   const stop = intOption(opts, 'stop', 0, steps) ?? steps;
   if (start >= stop) throw new InputError(`--start (${start}) must be < --stop (${stop}); the plan has steps 0..${steps - 1}`);
-  if (desc.graph !== 'step' && (start !== 0 || stop !== steps)) {
-    throw new InputError(`the full-loop graph always runs all ${steps} steps; --start/--stop need a step graph`);
+  if (desc.graph !== 'step' && (stop !== steps || (start !== 0 && !desc.edit))) {
+    throw new InputError(`the full-loop graph always runs all ${steps} steps; --start/--stop need a step graph (or an edit graph for --start)`);
   }
   // multistep step graphs carry a history (metadata `history.carry`), which starts as zeros
-  // at step 0 and lives only inside one run: it cannot be resumed from x alone
+  // at the first step run and lives only inside one run: it cannot be resumed from x alone
   const carry = desc.history?.carry ?? [];
-  if (carry.length && start !== 0) {
+  if (carry.length && start !== 0 && !desc.edit) {
     throw new InputError(`--start ${start}: this ${desc.sampler} graph carries a history of past outputs, so it runs from step 0`);
   }
   const threads = intOption(opts, 'threads', 1, 1024);
@@ -271,11 +325,12 @@ async function main() {
   }
   const xDims = [batch, ...sampleShape];
 
-  // per-step noise: [steps, B, ...sample_shape]; only rows with sigma_i > 0 are read
+  // per-step noise: [steps, B, ...sample_shape]; only rows at noise_steps are read
   let noise = null;
   const noisy = new Set(desc.noise_steps);
+  const loopTakesNoise = desc.inputs.some((i) => i.name === 'noise');
   if (opts.noise) {
-    if (desc.graph !== 'step') throw new InputError('the full-loop graph is deterministic and takes no --noise');
+    if (desc.graph !== 'step' && !loopTakesNoise) throw new InputError('the full-loop graph is deterministic and takes no --noise');
     const arr = readNpy(opts.noise, '--noise');
     if (!sameShape(arr.shape, [steps, ...xDims])) {
       throw new InputError(`--noise has shape [${arr.shape}]; this graph needs [${[steps, ...xDims]}] (steps, batch, ...sample)`);
@@ -290,10 +345,14 @@ async function main() {
   const session = await ort.InferenceSession.create(bytes, options);
   const inputNames = desc.inputs.map((i) => i.name);
   const outputName = desc.outputs[0].name;
+  const extras = extraFeeds(opts, desc, batch, xDims, start);
+  if (desc.graph !== 'step' && loopTakesNoise) {
+    extras.noise = new ort.Tensor('float32', noise ?? rng(steps * batch * perSample), [steps, ...xDims]);
+  }
 
   const sampleOnce = async (xInit) => {
     if (desc.graph !== 'step') {
-      const res = await session.run({ [inputNames[0]]: new ort.Tensor('float32', xInit, xDims) });
+      const res = await session.run({ [inputNames[0]]: new ort.Tensor('float32', xInit, xDims), ...extras });
       return res[outputName].data;
     }
     const [xName, stepName, noiseName] = inputNames;
@@ -309,6 +368,7 @@ async function main() {
         [xName]: new ort.Tensor('float32', xs, xDims),
         [stepName]: new ort.Tensor('int64', BigInt64Array.of(BigInt(i)), []),
         [noiseName]: new ort.Tensor('float32', z, xDims),
+        ...extras,
       };
       for (const c of carry) feeds[c.input] = new ort.Tensor('float32', hist[c.input], xDims);
       const res = await session.run(feeds);

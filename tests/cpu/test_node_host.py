@@ -145,3 +145,61 @@ def test_node_multistep_step_graph_cannot_resume(node_host, digits, tmp_path):
     proc = _node(node_host, "--model", str(digits["root"] / "ms-step.onnx"), "--x-init",
                  str(digits["root"] / "x_init.npy"), "--start", "3", "--out", str(tmp_path / "o.npy"))
     assert proc.returncode == 2 and "carries a history of past outputs" in proc.stderr, proc.stderr
+
+
+def _tiny_graphs(root: Path) -> dict:
+    """A guided, an edit and a guided edit graph of a tiny class-conditional denoiser (no torch)."""
+    from ddpm_rt.conditioning import CondInput
+    from ddpm_rt.schedule import ScheduleSpec
+    from ddpm_rt.spec import DiffusionSpec
+    from tests.helpers.graphs import tiny_denoiser
+
+    labels = (CondInput("class_labels", "class", num_classes=3, null=3),)
+    spec = DiffusionSpec(ScheduleSpec(kind="linear", num_train_timesteps=100), "epsilon", (1, 4, 4),
+                         clip=(-1.0, 1.0), conditioning=labels)
+    den = tiny_denoiser(spec.sample_shape, num_classes=3)
+    made = {}
+    for name, sampler, graph, edit in (("guided-step", SamplerSpec("ddpm", 10), "step", False),
+                                       ("guided-loop", SamplerSpec("unipc", 8), "loop", False),
+                                       ("edit-step", SamplerSpec("dpmpp-2m", 10), "step", True),
+                                       ("repaint-loop", SamplerSpec("ddim", 10, eta=1.0, repaint=(2, 2)), "loop", True)):
+        made[name] = SE.export_sampler_graph(den, {}, spec, sampler, root / f"{name}.onnx", graph, edit=edit)
+    return made
+
+
+def test_node_runs_guided_and_edit_graphs(node_host, tmp_path):
+    import onnxruntime as ort
+
+    made = _tiny_graphs(tmp_path)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((BATCH, 1, 4, 4), dtype=np.float32)
+    labels = np.array([0, 2, 3], np.int64)
+    image = rng.uniform(-1, 1, (BATCH, 1, 4, 4)).astype(np.float32)
+    mask = np.zeros((BATCH, 1, 4, 4), np.float32)
+    mask[..., :2] = 1
+    files = {"x": x, "labels": labels, "image": image, "mask": mask}
+    for k, v in files.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    for name, res in made.items():
+        noise = rng.standard_normal((res.plan.steps, BATCH, 1, 4, 4), dtype=np.float32)
+        np.save(tmp_path / "noise.npy", noise)
+        start = 3 if name == "edit-step" else 0
+        extras = {"class_labels": labels, "guidance_scale": np.array(2.5, np.float32),
+                  "guidance_rescale": np.array(0.3, np.float32)}
+        args = ["--model", str(res.path), "--x-init", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o.npy"),
+                "--labels", str(tmp_path / "labels.npy"), "--guidance", "2.5", "--guidance-rescale", "0.3"]
+        if res.graph == "step" or name.startswith("repaint"):  # a plain full-loop graph takes no noise
+            args += ["--noise", str(tmp_path / "noise.npy")]
+        if name.startswith(("edit", "repaint")):
+            extras.update(start=np.array(start, np.int64), image=image, mask=mask)
+            args += ["--image", str(tmp_path / "image.npy"), "--mask", str(tmp_path / "mask.npy"), "--start", str(start)]
+        proc = _node(node_host, *args)
+        assert proc.returncode == 0, proc.stderr
+        sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+        want = SE.run_fused(sess, res.graph, res.plan, x, noise, extras)
+        got = np.load(tmp_path / "o.npy")
+        assert np.max(np.abs(got - want)) <= TOL, name
+        if "edit" in name or "repaint" in name:
+            np.testing.assert_allclose(got[..., :2], image[..., :2], rtol=0, atol=1e-6)
+    bad = _node(node_host, "--model", str(made["guided-step"].path), "--out", str(tmp_path / "b.npy"))
+    assert bad.returncode == 2 and "give --labels" in bad.stderr
