@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ddpm_rt.errors import ConfigError
 
@@ -49,6 +51,13 @@ def file_sha256(path: Path) -> str:
     if memo not in _HASHES:
         _HASHES[memo] = sha256_of(path)
     return _HASHES[memo]
+
+
+def json_key(fields: Any, length: int = 24) -> str:
+    """The cache key of a JSON-able description: sha256 of its sorted JSON (non-JSON values as
+    str), hex, cut to `length` (64 = the whole digest). Every cache and content key uses this."""
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def writable_dir(path: Path) -> bool:

@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ddpm_rt.bundle.contract import CONTRACT
 from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import ExportError
 from ddpm_rt.plan import SamplingPlan
@@ -64,7 +65,7 @@ PREFIX = "den/"  # every copied denoiser name lives under this prefix
 MIN_OPSET = 13  # Clip with tensor bounds, Loop with a scalar condition
 GRAPH_KINDS = ("step", "loop")
 # The denoiser contract (bundle.contract): inputs x, t, then the conditioning inputs; one output.
-DENOISER_INPUTS = ("x", "t")
+DENOISER_INPUTS = CONTRACT.input_names  # (x, t): the unconditional inputs
 EDIT_INPUTS = ("start", "image", "mask")
 GUIDANCE_INPUTS = ("guidance_scale", "guidance_rescale")
 _ONNX_TYPE = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
@@ -138,7 +139,7 @@ def _denoiser_parts(
     """The denoiser's nodes and initializers, renamed so they read `x`, `t` (and the conditioning
     inputs `cond` maps) and write `out`."""
     g = copy.deepcopy(denoiser.graph)
-    _rename_graph(g, {"x": x, "t": t, g.output[0].name: out, **(cond or {})})
+    _rename_graph(g, {CONTRACT.x_name: x, CONTRACT.t_name: t, g.output[0].name: out, **(cond or {})})
     return list(g.node), list(g.initializer)
 
 

@@ -27,16 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_rt.errors import ConfigError
-from ddpm_rt.fsutil import atomic_write_bytes, atomic_write_text, file_lock, file_sha256
+from ddpm_rt.fsutil import atomic_write_bytes, atomic_write_text, file_lock, file_sha256, json_key
 
 CACHE_FORMAT = 1
 ENGINES_DIR = "engines"
 LogFn = Callable[[str], None]
-
-
-def _digest(obj: Any, n: int = 20) -> str:
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:n]
 
 
 @dataclass(frozen=True)
@@ -80,12 +75,12 @@ class EngineMeta:
 
 def engine_key(meta: EngineMeta) -> str:
     """A stable 20-hex-digit hash of the metadata (plus the cache format)."""
-    return _digest({"format": CACHE_FORMAT, **meta.to_dict()})
+    return json_key({"format": CACHE_FORMAT, **meta.to_dict()}, 20)
 
 
 def timing_cache_name(trt_version: str, gpu_name: str, compute_capability: str) -> str:
     """File name of the shared timing cache for one TensorRT version on one kind of GPU."""
-    return f"timing-{_digest([trt_version, gpu_name, compute_capability], 16)}.cache"
+    return f"timing-{json_key([trt_version, gpu_name, compute_capability], 16)}.cache"
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ddpm_rt.bundle.manifest import MANIFEST_FILE
 from ddpm_rt.errors import BundleError
 
 UNPACK_ROOT = "ddpm-rt-bundles"
@@ -22,8 +23,8 @@ UNPACK_ROOT = "ddpm-rt-bundles"
 def pack_bundle(bundle_dir: Path) -> dict[str, bytes]:
     """{file name: bytes} of the bundle directory's regular files (not subdirectories: caches)."""
     files = {p.name: p.read_bytes() for p in sorted(Path(bundle_dir).iterdir()) if p.is_file()}
-    if "ddpm_rt.json" not in files:
-        raise BundleError(f"{bundle_dir} has no ddpm_rt.json; give a bundle from `ddpm-rt export`")
+    if MANIFEST_FILE not in files:
+        raise BundleError(f"{bundle_dir} has no {MANIFEST_FILE}; give a bundle from `ddpm-rt export`")
     return files
 
 

@@ -10,13 +10,12 @@ module. Turning a source into what a backend needs is the command layer's job
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ddpm_rt.fsutil import json_key
 from ddpm_rt.spec import DiffusionSpec
 
 if TYPE_CHECKING:
@@ -58,4 +57,4 @@ class ModelSource:
 
 def content_key(parts: dict[str, Any]) -> str:
     """sha256 of a JSON-able description (file hashes, spec, format versions)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return json_key(parts, 64)
