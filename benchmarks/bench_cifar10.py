@@ -12,7 +12,7 @@ under ~/.cache/ddpm-rt/bench-work: seeded random weights, then 300 brief trainin
 
 from __future__ import annotations
 
-from benchmarks.bench_common import base_args, log, merge, overhead_notes, row, write
+from benchmarks.bench_common import base_args, log, merge, row, write
 
 
 def _met(ok: bool) -> str:
@@ -216,7 +216,6 @@ def main() -> None:
         "and eager vs eager 1 ulp apart both differed by about 0.6.",
         "- images/s at batch 1, 4, 16: table above and the plot.",
         "",
-        "- Loop overhead per backend and batch:", *overhead_notes(result),
         "- Regenerate: `.venv/bin/python -m benchmarks.bench_cifar10` (add `--threads N` to pin threads).",
         *investigation_notes(result["ort_investigation"]),
         *probe_notes(result.get("thread_probe") or []),

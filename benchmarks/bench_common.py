@@ -51,13 +51,3 @@ def write(stem: str, result: dict[str, Any], title: str, notes: list[str], out: 
 
 def row(result: dict[str, Any], backend: str, batch: int) -> dict[str, Any] | None:
     return next((r for r in result["results"] if r["backend"] == backend and r["batch"] == batch), None)
-
-
-def overhead_notes(result: dict[str, Any]) -> list[str]:
-    lines = []
-    for r in result["results"]:
-        share = r["outside_call_share"]
-        if share:
-            lines.append(f"- {r['backend']}, batch {r['batch']}: {100 * share['median']:.1f}% of the loop "
-                         f"outside the denoiser call (median of {share['n']} runs; max {100 * share['max']:.1f}%)")
-    return lines

@@ -34,11 +34,9 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+from benchmarks.bench_common import log
 
-from bench_common import log  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 RESULTS = HERE / "results"
 Runner = Callable[[np.ndarray], np.ndarray]  # x_init -> final sample

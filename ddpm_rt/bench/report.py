@@ -99,6 +99,17 @@ def _floor_lines(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def overhead_notes(result: dict[str, Any]) -> list[str]:
+    """One line per (backend, batch): the share of the loop spent outside the denoiser call."""
+    lines = []
+    for r in result["results"]:
+        share = r["outside_call_share"]
+        if share:
+            lines.append(f"- {r['backend']}, batch {r['batch']}: {100 * share['median']:.1f}% of the loop "
+                         f"outside the denoiser call (median of {share['n']} runs; max {100 * share['max']:.1f}%)")
+    return lines
+
+
 def markdown_report(result: dict[str, Any], title: str, notes: list[str] | None = None) -> str:
     env, plan, cfg = result["environment"], result["plan"], result["config"]
     lines = [
@@ -129,6 +140,9 @@ def markdown_report(result: dict[str, Any], title: str, notes: list[str] | None 
         p = result["pipeline"]
         lines += ["", f"## diffusers DDIMPipeline (eager) vs our loop: {p['steps']} steps, batch {p['batch']}",
                   "", md_table(*pipeline_rows(p)), "", p["note"] + "."]
+    overhead = overhead_notes(result)
+    if overhead:
+        lines += ["", "## Per-step overhead (tiny models are dominated by it)", "", *overhead]
     if notes:
         lines += ["", "## Notes", "", *notes]
     return "\n".join(lines) + "\n"
