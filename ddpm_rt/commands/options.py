@@ -134,13 +134,15 @@ def conditioning_values(spec: DiffusionSpec, batch: int, class_label: int | None
 
 
 def edit_request(spec: DiffusionSpec, batch: int, init: Path | None, mask: Path | None,
-                 mask_means: str) -> Edit | None:
+                 mask_means: str, strength: float | None = None) -> Edit | None:
     """The checked `Edit` the options ask for (None without --init)."""
     from ddpm_rt.editing import make_edit, read_array
 
     if init is None:
         if mask is not None:
             raise ConfigError("--mask needs --init IMAGE: the image whose known region it keeps")
+        if strength is not None:
+            raise ConfigError("--strength needs --init IMAGE: the image the run starts from")
         return None
     image = read_array(init, spec.sample_shape, spec.data_range, "image")
     m = None if mask is None else read_array(mask, spec.sample_shape, spec.data_range, "mask")

@@ -102,7 +102,7 @@ def sample(
     cond, batch, note, per_row = opt.conditioning_values(spec, batch, class_label, classes, labels)
     if note:
         typer.echo(note, err=True)
-    edit = opt.edit_request(spec, batch, init, mask, mask_means)
+    edit = opt.edit_request(spec, batch, init, mask, mask_means, strength)
     if strength is None and init is not None and mask is None and repaint_jump is None:
         strength = opt.DEFAULT_STRENGTH  # SDEdit without a strength: diffusers' img2img default is 0.8; ours 0.6
     chunk = min(batch, chunk or (64 if spec.is_image else 4096))
