@@ -1,0 +1,268 @@
+// The page: controls, a Web Worker that samples (worker.js), progress, the samples on a canvas.
+//
+// `ddpm-rt web` serves this page with
+//   GET /api/models                               the models it serves (shapes, samplers, defaults)
+//   GET /graph.json?model=&sampler=&steps=&graph= a sampler graph's description (exported on first use)
+//   GET /graph.onnx?...                           the graph itself
+//   GET /ort/...                                  onnxruntime-web from npm
+//
+// Hosts that drive the page (the browser test, the benchmark) call window.ddpmRt.run(options):
+// the same path as the Sample button, with x_T and the per-step noise optionally supplied as
+// Float32Arrays; it resolves with the samples and timings, or rejects with the message shown.
+
+import { drawSamples } from './draw.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  model: $('model'), sampler: $('sampler'), steps: $('steps'), graph: $('graph'), batch: $('batch'),
+  seed: $('seed'), ep: $('ep'), threads: $('threads'), run: $('run'), files: $('files'), env: $('env'),
+  progress: $('progress'), progressText: $('progress-text'), message: $('message'), canvas: $('canvas'),
+  stats: $('stats'), perStep: $('per-step'), form: $('controls'),
+};
+const DEFAULT_BATCH = { image: 16, points: 1000 };
+
+const state = { models: new Map(), env: {}, worker: null, nextId: 0, pending: new Map(), busy: false };
+
+// ---------------------------------------------------------------- messages
+
+function showMessage(text) {
+  ui.message.textContent = text;
+  ui.message.hidden = !text;
+  if (text) { // no stale samples or figures beside an error
+    ui.canvas.getContext('2d').clearRect(0, 0, ui.canvas.width, ui.canvas.height);
+    ui.stats.textContent = '';
+    ui.perStep.textContent = '';
+  }
+}
+
+function fail(text) {
+  showMessage(text);
+  ui.progressText.textContent = '';
+  throw new Error(text);
+}
+
+// ---------------------------------------------------------------- the worker
+
+function worker(threads) {
+  if (state.worker && state.worker.threads === threads) return state.worker.ready;
+  if (state.worker) state.worker.handle.terminate(); // ORT's thread count is fixed once WASM starts
+  const handle = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  const ready = new Promise((resolve, reject) => {
+    handle.onmessage = (event) => {
+      const msg = event.data;
+      if (msg.type === 'ready') {
+        resolve(msg);
+        return;
+      }
+      const job = state.pending.get(msg.id);
+      if (!job) return;
+      if (msg.type === 'status') ui.progressText.textContent = msg.text;
+      else if (msg.type === 'progress') job.progress(msg);
+      else {
+        state.pending.delete(msg.id);
+        if (msg.type === 'done') job.resolve(msg);
+        else job.reject(new Error(msg.message));
+      }
+    };
+    handle.onerror = (event) => {
+      const text = `the sampling worker failed to start: ${event.message ?? 'see the browser console'}`;
+      for (const job of state.pending.values()) job.reject(new Error(text));
+      state.pending.clear();
+      reject(new Error(text));
+    };
+  });
+  handle.postMessage({ type: 'init', threads });
+  state.worker = { threads, handle, ready };
+  return ready;
+}
+
+// ---------------------------------------------------------------- controls
+
+function currentModel() {
+  return state.models.get(ui.model.value);
+}
+
+function fillSamplers() {
+  const m = currentModel();
+  ui.sampler.replaceChildren(...m.samplers.map((s) => new Option(s.name, s.name)));
+  ui.sampler.value = m.default.sampler;
+  ui.steps.value = m.default.steps;
+  ui.steps.max = m.max_steps;
+  ui.batch.value = DEFAULT_BATCH[m.kind];
+  fillGraphs();
+}
+
+function fillGraphs() {
+  const s = currentModel().samplers.find((x) => x.name === ui.sampler.value);
+  const loop = ui.graph.querySelector('option[value=loop]');
+  loop.disabled = !s.deterministic; // a full-loop graph has no noise input
+  loop.textContent = s.deterministic ? 'full-loop graph (one Run)' : 'full-loop graph (deterministic samplers only)';
+  if (loop.disabled) ui.graph.value = 'step';
+}
+
+// auto: WebGPU on a real GPU adapter; WASM otherwise, and on a software (fallback) adapter such as
+// SwiftShader, which emulates the GPU on the CPU far more slowly than WASM runs the same graph
+function chooseEp(ep) {
+  if (ep === 'auto') return state.env.webgpu && !state.env.webgpu.fallback ? 'webgpu' : 'wasm';
+  return ep;
+}
+
+function setControl(el, value) {
+  if (value === undefined) return;
+  el.value = String(value);
+  if (el.value !== String(value)) fail(`${el.id} '${value}' is not one of the choices on this page`);
+}
+
+// ---------------------------------------------------------------- a run
+
+function graphUrls(model, sampler, steps, graph) {
+  const q = new URLSearchParams({ model, sampler, steps: String(steps), graph });
+  return { onnx: `graph.onnx?${q}`, description: `graph.json?${q}` };
+}
+
+async function run(options = {}) {
+  if (state.busy) throw new Error('a run is already in progress');
+  state.busy = true;
+  ui.run.disabled = true;
+  showMessage('');
+  try {
+    return await runNow(options);
+  } catch (e) {
+    fail(e.message);
+  } finally {
+    state.busy = false;
+    ui.run.disabled = false;
+  }
+}
+
+async function runNow(options) {
+  if (state.models.has(options.model)) { // an unknown name goes to the server, which names the ones it has
+    ui.model.value = options.model;
+    fillSamplers();
+  }
+  setControl(ui.sampler, options.sampler);
+  if (options.sampler !== undefined) fillGraphs();
+  for (const key of ['steps', 'batch', 'seed', 'ep']) if (options[key] !== undefined) ui[key].value = String(options[key]);
+  if (options.graph !== undefined) ui.graph.value = options.graph;
+  if (options.threads !== undefined) ui.threads.value = String(options.threads);
+  const model = options.model ?? ui.model.value;
+  const steps = Number(ui.steps.value);
+  const batch = Number(ui.batch.value);
+  const seed = Number(ui.seed.value);
+  const graphKind = options.graph ?? ui.graph.value;
+  const ep = chooseEp(options.ep ?? ui.ep.value);
+  const threads = Number(options.threads ?? ui.threads.value);
+  if (!Number.isInteger(batch) || batch < 1) fail(`batch must be a positive integer, got ${ui.batch.value}`);
+  if (!Number.isInteger(seed) || seed < 0) fail(`seed must be a non-negative integer, got ${ui.seed.value}`);
+  const graph = options.files ?? graphUrls(model, ui.sampler.value, steps, graphKind);
+
+  const ready = await worker(threads);
+  ui.progress.value = 0;
+  ui.progressText.textContent = 'loading…';
+  const id = ++state.nextId;
+  const result = await new Promise((resolve, reject) => {
+    state.pending.set(id, {
+      resolve, reject,
+      progress: (msg) => {
+        ui.progress.max = msg.steps;
+        ui.progress.value = msg.step;
+        ui.progressText.textContent = `step ${msg.step}/${msg.steps} · ${msg.ms.toFixed(1)} ms`;
+      },
+    });
+    const transfer = [options.xInit?.buffer, options.noise?.buffer].filter((b) => b !== undefined);
+    state.worker.handle.postMessage({
+      type: 'run', id, graph, ep, batch, seed, xInit: options.xInit, noise: options.noise,
+    }, options.files ? [] : transfer);
+  });
+  drawSamples(ui.canvas, result.samples, result.shape, result.dataRange ?? [-1, 1]);
+  const sorted = [...result.stepMs].sort((a, b) => a - b);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
+  const where = ep === 'wasm' ? `wasm, ${ready.threads} thread${ready.threads > 1 ? 's' : ''}` : ep;
+  ui.stats.textContent = `${options.files ? options.files.name : model} · ${result.sampler} ${result.steps} steps · `
+    + `${result.graph} graph · ${where} · batch ${batch} — ${median.toFixed(2)} ms/step (median), `
+    + `${result.totalMs.toFixed(1)} ms in all, ${(result.totalMs / batch).toFixed(2)} ms/sample; `
+    + `session created in ${result.sessionMs.toFixed(0)} ms`;
+  ui.perStep.textContent = result.graph === 'step'
+    ? `per step, ms: ${result.stepMs.map((ms) => ms.toFixed(1)).join(' · ')}`
+    : `one Run for all ${result.steps} steps: ${result.totalMs.toFixed(1)} ms (${(result.totalMs / result.steps).toFixed(2)} ms per step)`;
+  ui.progressText.textContent = `done: ${result.steps} steps`;
+  return { ...result, threads: ep === 'wasm' ? ready.threads : null, model };
+}
+
+// ---------------------------------------------------------------- local files
+
+async function readLocalGraph(fileList) {
+  const files = [...fileList];
+  const onnx = files.find((f) => f.name.endsWith('.onnx'));
+  const json = files.find((f) => f.name.endsWith('.json'));
+  if (!onnx || !json) {
+    fail('choose two files: an exported sampler graph X.onnx and its description X.json '
+      + '(`ddpm-rt export-sampler` writes both)');
+  }
+  let description;
+  try {
+    description = JSON.parse(await json.text());
+  } catch {
+    fail(`${json.name} is not JSON, so not a ddpm-rt sampler description`);
+  }
+  return { name: onnx.name, bytes: await onnx.arrayBuffer(), description };
+}
+
+// ---------------------------------------------------------------- start
+
+async function detectWebGpu() {
+  if (!navigator.gpu) return null;
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return null;
+    const info = adapter.info ?? {};
+    return { vendor: info.vendor ?? '', architecture: info.architecture ?? '', fallback: info.isFallbackAdapter ?? false };
+  } catch {
+    return null;
+  }
+}
+
+async function start() {
+  const isolated = self.crossOriginIsolated === true;
+  const cores = navigator.hardwareConcurrency || 1;
+  state.env = { isolated, cores, webgpu: await detectWebGpu() };
+  const maxThreads = isolated ? Math.min(cores, 16) : 1;
+  for (let t = 1; t <= maxThreads; t++) ui.threads.append(new Option(String(t), String(t)));
+  ui.threads.value = String(maxThreads);
+  let catalog;
+  try {
+    const res = await fetch('api/models');
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    catalog = await res.json();
+  } catch (e) {
+    fail(`cannot fetch the model list api/models: ${e.message} (is \`ddpm-rt web\` running?)`);
+  }
+  state.env.ort = catalog.ort;
+  for (const m of catalog.models) state.models.set(m.name, m);
+  ui.model.replaceChildren(...catalog.models.map((m) => new Option(m.name, m.name)));
+  fillSamplers();
+  const gpu = state.env.webgpu;
+  const adapter = gpu ? [gpu.vendor, gpu.architecture].filter(Boolean).join(' ') || 'an adapter' : '';
+  ui.env.textContent = `onnxruntime-web ${catalog.ort} · WebGPU: `
+    + (!gpu ? 'not available (auto runs WASM)'
+      : gpu.fallback ? `software adapter only (${adapter}; auto runs WASM)` : `${adapter} (auto runs WebGPU)`)
+    + ` · WASM threads: ${isolated ? `up to ${maxThreads} (cross-origin isolated)` : '1 (page not cross-origin isolated)'}`;
+  ui.model.addEventListener('change', fillSamplers);
+  ui.sampler.addEventListener('change', fillGraphs);
+  ui.form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    run().catch(() => {}); // the message is on the page
+  });
+  ui.files.addEventListener('change', () => {
+    if (!ui.files.files.length) return;
+    readLocalGraph(ui.files.files).then((files) => run({ files })).catch(() => {});
+  });
+  ui.run.disabled = false;
+}
+
+window.ddpmRt = {
+  run,
+  get env() { return state.env; },
+  get models() { return [...state.models.values()]; },
+  ready: start().then(() => true, (e) => { showMessage(e.message); return false; }),
+};
