@@ -9,6 +9,7 @@ the README; nothing in `ddpm-rt web` itself needs it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -181,10 +182,8 @@ class Chromium:
     def close(self) -> None:
         try:
             if self._proc.poll() is None:
-                try:
+                with contextlib.suppress(BrowserError, OSError):
                     self.send("Browser.close", timeout=5.0)
-                except (BrowserError, OSError):
-                    pass
                 try:
                     self._proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
@@ -192,10 +191,8 @@ class Chromium:
                     self._proc.wait()
         finally:
             for fd in (self._cmd_w, self._out_r):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             self._log.close()
             shutil.rmtree(self._profile, ignore_errors=True)
 

@@ -21,7 +21,9 @@ const ui = {
 };
 const DEFAULT_BATCH = { image: 16, points: 1000 };
 
-const state = { models: new Map(), env: {}, worker: null, nextId: 0, pending: new Map(), busy: false };
+const state = {
+  models: new Map(), env: {}, worker: null, nextId: 0, pending: new Map(), busy: false, lastRun: null,
+};
 
 // ---------------------------------------------------------------- messages
 
@@ -110,7 +112,11 @@ function chooseEp(ep) {
 function setControl(el, value) {
   if (value === undefined) return;
   el.value = String(value);
-  if (el.value !== String(value)) fail(`${el.id} '${value}' is not one of the choices on this page`);
+  if (el.value !== String(value)) {
+    const choices = [...el.options].filter((o) => !o.disabled).map((o) => o.value);
+    el.selectedIndex = 0;
+    fail(`${el.id} '${value}' is not one of this page's choices: ${choices.join(', ')}`);
+  }
 }
 
 // ---------------------------------------------------------------- a run
@@ -120,7 +126,12 @@ function graphUrls(model, sampler, steps, graph) {
   return { onnx: `graph.onnx?${q}`, description: `graph.json?${q}` };
 }
 
-async function run(options = {}) {
+function run(options = {}) {
+  state.lastRun = runGuarded(options);
+  return state.lastRun;
+}
+
+async function runGuarded(options) {
   if (state.busy) throw new Error('a run is already in progress');
   state.busy = true;
   ui.run.disabled = true;
@@ -142,16 +153,17 @@ async function runNow(options) {
   }
   setControl(ui.sampler, options.sampler);
   if (options.sampler !== undefined) fillGraphs();
-  for (const key of ['steps', 'batch', 'seed', 'ep']) if (options[key] !== undefined) ui[key].value = String(options[key]);
-  if (options.graph !== undefined) ui.graph.value = options.graph;
-  if (options.threads !== undefined) ui.threads.value = String(options.threads);
+  setControl(ui.ep, options.ep);
+  setControl(ui.threads, options.threads);
+  for (const key of ['steps', 'batch', 'seed']) if (options[key] !== undefined) ui[key].value = String(options[key]);
+  if (options.graph !== undefined) ui.graph.value = options.graph; // a loop graph of a stochastic sampler: the server says why not
   const model = options.model ?? ui.model.value;
   const steps = Number(ui.steps.value);
   const batch = Number(ui.batch.value);
   const seed = Number(ui.seed.value);
   const graphKind = options.graph ?? ui.graph.value;
-  const ep = chooseEp(options.ep ?? ui.ep.value);
-  const threads = Number(options.threads ?? ui.threads.value);
+  const ep = chooseEp(ui.ep.value);
+  const threads = Number(ui.threads.value);
   if (!Number.isInteger(batch) || batch < 1) fail(`batch must be a positive integer, got ${ui.batch.value}`);
   if (!Number.isInteger(seed) || seed < 0) fail(`seed must be a non-negative integer, got ${ui.seed.value}`);
   const graph = options.files ?? graphUrls(model, ui.sampler.value, steps, graphKind);
@@ -255,13 +267,15 @@ async function start() {
   });
   ui.files.addEventListener('change', () => {
     if (!ui.files.files.length) return;
-    readLocalGraph(ui.files.files).then((files) => run({ files })).catch(() => {});
+    state.lastRun = readLocalGraph(ui.files.files).then((files) => run({ files }));
+    state.lastRun.catch(() => {}); // the message is on the page
   });
   ui.run.disabled = false;
 }
 
 window.ddpmRt = {
   run,
+  get lastRun() { return state.lastRun; }, // the latest run's promise (the button's, a file's or run()'s)
   get env() { return state.env; },
   get models() { return [...state.models.values()]; },
   ready: start().then(() => true, (e) => { showMessage(e.message); return false; }),
