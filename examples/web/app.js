@@ -22,7 +22,7 @@ const ui = {
 const DEFAULT_BATCH = { image: 16, points: 1000 };
 
 const state = {
-  models: new Map(), env: {}, worker: null, nextId: 0, pending: new Map(), busy: false, lastRun: null,
+  models: new Map(), env: {}, workers: new Map(), worker: null, nextId: 0, pending: new Map(), busy: false, lastRun: null,
 };
 
 // ---------------------------------------------------------------- messages
@@ -45,9 +45,14 @@ function fail(text) {
 
 // ---------------------------------------------------------------- the worker
 
+// One worker per WASM thread count (ORT fixes it when WASM starts), kept for later runs.
 function worker(threads) {
-  if (state.worker && state.worker.threads === threads) return state.worker.ready;
-  if (state.worker) state.worker.handle.terminate(); // ORT's thread count is fixed once WASM starts
+  if (!state.workers.has(threads)) state.workers.set(threads, startWorker(threads));
+  state.worker = state.workers.get(threads);
+  return state.worker.ready;
+}
+
+function startWorker(threads) {
   const handle = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   const ready = new Promise((resolve, reject) => {
     handle.onmessage = (event) => {
@@ -74,8 +79,7 @@ function worker(threads) {
     };
   });
   handle.postMessage({ type: 'init', threads });
-  state.worker = { threads, handle, ready };
-  return ready;
+  return { threads, handle, ready };
 }
 
 // ---------------------------------------------------------------- controls

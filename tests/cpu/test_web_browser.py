@@ -13,10 +13,7 @@ page's onnxruntime-web comes from npm (`npm ci` in examples/web, on first use).
 
 from __future__ import annotations
 
-import base64
-import json
 import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +23,7 @@ from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.exporter import sampler_export as SE
 from ddpm_rt.models.catalog import shipped_bundle
 from ddpm_rt.web.chromium import Chromium, find_chromium
+from ddpm_rt.web.drive import choose_files, click_sample, open_page, run_page
 from ddpm_rt.web.graphs import GraphRequest, GraphStore, WebModel
 from ddpm_rt.web.page import ORT_PACKAGE, default_page_dir, ensure_page
 from ddpm_rt.web.server import make_server, serve_in_thread
@@ -33,22 +31,6 @@ from ddpm_rt.web.server import make_server, serve_in_thread
 STEPS = 10
 BATCH = 3
 TOL = 1e-4  # WASM against native ORT: different kernels (no AVX), ~3e-6 measured
-
-# Float32Array <-> base64 inside the page, so arrays cross the DevTools pipe as strings
-JS_CODEC = """
-const dec = (s) => { const b = atob(s); const u = new Uint8Array(b.length);
-  for (let i = 0; i < b.length; i++) u[i] = b.charCodeAt(i); return new Float32Array(u.buffer); };
-const enc = (f) => { const u = new Uint8Array(f.buffer, f.byteOffset, f.byteLength); let s = '';
-  for (let i = 0; i < u.length; i += 8192) s += String.fromCharCode(...u.subarray(i, i + 8192)); return btoa(s); };
-const done = (r) => ({samples: enc(r.samples), shape: r.shape, stepMs: r.stepMs, totalMs: r.totalMs,
-  ep: r.ep, threads: r.threads, graph: r.graph, sampler: r.sampler, steps: r.steps});
-const failed = (e) => ({error: e.message, message: document.getElementById('message').textContent,
-  shown: !document.getElementById('message').hidden});
-"""
-
-
-def _b64(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, np.float32).tobytes()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -75,32 +57,8 @@ def server(page, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(server):
     with Chromium() as c:
-        c.navigate(server.url)
-        assert c.evaluate("window.ddpmRt.ready"), c.evaluate("document.getElementById('message').textContent")
+        open_page(c, server.url)
         yield c
-
-
-def _run(c: Chromium, options: dict[str, Any], x_init: np.ndarray | None = None,
-         noise: np.ndarray | None = None) -> dict[str, Any]:
-    arrays = "".join(f", {k}: dec('{_b64(v)}')" for k, v in (("xInit", x_init), ("noise", noise)) if v is not None)
-    expr = f"(async () => {{ {JS_CODEC} return window.ddpmRt.run({{...{json.dumps(options)}{arrays}}}).then(done, failed); }})()"
-    out = c.evaluate(expr, timeout=300)
-    if "samples" in out:
-        out["array"] = np.frombuffer(base64.b64decode(out["samples"]), np.float32).reshape(out["shape"])
-    return out
-
-
-def _latest_run(c: Chromium) -> dict[str, Any]:
-    return c.evaluate(f"(async () => {{ {JS_CODEC} return window.ddpmRt.lastRun.then(done, failed); }})()",
-                      timeout=300)
-
-
-def _choose_files(c: Chromium, files: list[Path]) -> dict[str, Any]:
-    """Choose `files` in the page's file input (as the file dialog would); the run it starts."""
-    c.evaluate("window.__before = window.ddpmRt.lastRun; true")
-    c.set_files("#files", [Path(f) for f in files])
-    c.wait_for("window.ddpmRt.lastRun !== window.__before", timeout=30)
-    return _latest_run(c)
 
 
 def _canvas_ink(c: Chromium) -> int:
@@ -120,7 +78,7 @@ def test_browser_samples_equal_python_ort_loop(browser, server, graph, sampler, 
     rng = np.random.default_rng(11)
     x_init = rng.standard_normal((BATCH, *b.spec.sample_shape), dtype=np.float32)
     noise = rng.standard_normal((STEPS, BATCH, *b.spec.sample_shape), dtype=np.float32)
-    out = _run(browser, {"model": "digits", "sampler": sampler, "steps": STEPS, "graph": graph, "batch": BATCH,
+    out = run_page(browser, {"model": "digits", "sampler": sampler, "steps": STEPS, "graph": graph, "batch": BATCH,
                          "ep": "wasm", "threads": threads}, x_init, noise if graph == "step" else None)
     assert "error" not in out, out
     assert (out["ep"], out["threads"], out["graph"], out["sampler"], out["steps"]) == ("wasm", threads, graph,
@@ -141,14 +99,10 @@ def test_threads_need_and_have_cross_origin_isolation(browser):
 
 def test_page_controls_sample_and_show_timings(browser):
     """As a person would: choose swissroll, press Sample; a scatter, per-step times, no message."""
-    browser.evaluate("""(() => { const m = document.getElementById('model'); m.value = 'swissroll';
-      m.dispatchEvent(new Event('change')); document.getElementById('ep').value = 'auto';
-      document.getElementById('run').click(); })()""")
-    out = _latest_run(browser)
+    out = click_sample(browser, model="swissroll", ep="auto")
     assert "error" not in out, out
     assert (out["sampler"], out["steps"], out["ep"]) == ("ddpm", 40, "wasm")  # the model's default; no GPU here
-    assert out["shape"] == [1000, 2] and np.all(np.isfinite(np.frombuffer(base64.b64decode(out["samples"]),
-                                                                          np.float32)))
+    assert out["array"].shape == (1000, 2) and np.all(np.isfinite(out["array"]))
     texts = browser.evaluate("[...['stats', 'per-step', 'progress-text']].map((i) => document.getElementById(i).textContent)")
     assert "swissroll · ddpm 40 steps · step graph · wasm" in texts[0] and "ms/step" in texts[0]
     assert texts[1].startswith("per step, ms: ") and texts[1].count("·") == 39
@@ -157,10 +111,10 @@ def test_page_controls_sample_and_show_timings(browser):
     assert _canvas_ink(browser) > 500
 
 
-def test_local_graph_files_run(browser, server):
+def test_local_graph_filesrun_page(browser, server):
     """An exported graph chosen from disk (X.onnx + X.json) runs like a served one."""
     onnx_path, side = server.store.graph(GraphRequest("swissroll", "ddim", 8, "loop"))
-    out = _choose_files(browser, [onnx_path, side])
+    out = choose_files(browser, [onnx_path, side])
     assert "error" not in out, out
     assert (out["graph"], out["sampler"], out["steps"]) == ("loop", "ddim", 8)
 
@@ -182,7 +136,7 @@ def _message_after(browser: Chromium, out: dict[str, Any]) -> str:
     ({"model": "digits", "threads": 64}, ["threads '64' is not one of this page's choices: 1"]),
 ])
 def test_bad_input_shows_one_clear_message(browser, options, needles):
-    message = _message_after(browser, _run(browser, {"batch": 2, **options}))
+    message = _message_after(browser, run_page(browser, {"batch": 2, **options}))
     for needle in needles:
         assert needle in message, message
 
@@ -196,4 +150,4 @@ def test_a_graph_that_is_not_a_sampler_shows_one_clear_message(browser, server):
         ([bundle.onnx_path], "choose two files"),
     ]
     for files, needle in cases:
-        assert needle in _message_after(browser, _choose_files(browser, files)), needle
+        assert needle in _message_after(browser, choose_files(browser, files)), needle
