@@ -78,7 +78,9 @@ function startWorker(threads) {
       reject(new Error(text));
     };
   });
-  handle.postMessage({ type: 'init', threads });
+  // ?webgpu-limits=default: WebGPU's default device limits, as ORT alone asks (to see what they break)
+  const webgpuLimits = new URLSearchParams(location.search).get('webgpu-limits') ?? 'adapter';
+  handle.postMessage({ type: 'init', threads, webgpuLimits });
   return { threads, handle, ready };
 }
 

@@ -131,16 +131,41 @@ async function loadDescription(graph) {
   return desc;
 }
 
+// WebGPU errors that ORT only logs (a kernel the device refuses runs as nothing: zeros, or
+// stale memory); each run checks this list, so such a run fails instead of drawing garbage.
+const gpuErrors = [];
+let raiseGpuLimits = true; // false: WebGPU's default limits, as ORT alone asks (page URL ?webgpu-limits=default)
+
 async function checkEp(ep) {
   if (!EPS.includes(ep)) {
     throw new PageError(`unknown execution provider '${ep}'; this page runs ${EPS.join(' or ')}`);
   }
-  if (ep === 'webgpu') {
+  if (ep === 'webgpu' && ort.env.webgpu.adapter === undefined) {
     const adapter = self.navigator.gpu ? await self.navigator.gpu.requestAdapter() : null;
     if (!adapter) {
       throw new PageError('WebGPU is not available in this browser (no GPU adapter): choose WASM '
         + '(Chromium without a GPU exposes one with --enable-unsafe-webgpu and SwiftShader)');
     }
+    // ORT asks for the adapter's own limits on a few sizes, but leaves storage buffers per shader
+    // stage at WebGPU's default of 8; a multistep step graph splits its plan row into 8-9
+    // coefficients (one Split: 9-10 buffers), so ask for what the adapter allows
+    const request = adapter.requestDevice.bind(adapter);
+    adapter.requestDevice = async (desc = {}) => {
+      const limits = raiseGpuLimits ? { maxStorageBuffersPerShaderStage: adapter.limits.maxStorageBuffersPerShaderStage } : {};
+      const device = await request({ ...desc, requiredLimits: { ...desc.requiredLimits, ...limits } });
+      device.addEventListener('uncapturederror', (ev) => gpuErrors.push(String(ev.error?.message ?? ev.error)));
+      return device;
+    };
+    ort.env.webgpu.adapter = adapter;
+  }
+}
+
+function checkGpuErrors(where) {
+  if (gpuErrors.length) {
+    const first = gpuErrors[0].split('\n')[0].split('. ')[0];
+    gpuErrors.length = 0;
+    throw new PageError(`WebGPU refused a kernel of this graph ${where} (${first}), so its samples would `
+      + 'be wrong; choose WASM');
   }
 }
 
@@ -184,6 +209,7 @@ function checkSupplied(arr, count, what) {
 async function sample(msg) {
   const { id, graph, ep } = msg;
   const { session, desc, feeds, sessionMs } = await openGraph(id, graph, ep);
+  if (ep === 'webgpu') checkGpuErrors('while loading');
   const batch = msg.batch;
   if (!Number.isInteger(batch) || batch < 1) throw new PageError(`batch must be a positive integer, got ${batch}`);
   const perSample = desc.sample_shape.reduce((a, b) => a * b, 1);
@@ -223,6 +249,7 @@ async function sample(msg) {
     } catch (e) {
       throw new PageError(`ONNX Runtime (${ep}) failed at step ${i}: ${String(e?.message ?? e).split('\n')[0]}`);
     }
+    if (ep === 'webgpu') checkGpuErrors(`at step ${i}`);
     state.x = res[feeds.sampleOut].data;
     for (const c of feeds.carry) state.hist[c.input] = res[c.output].data;
     const ms = performance.now() - ts;
@@ -254,6 +281,7 @@ self.onmessage = async (event) => {
     // WASM threads need SharedArrayBuffer, i.e. a cross-origin isolated page (COOP + COEP headers)
     const isolated = self.crossOriginIsolated === true;
     ort.env.wasm.numThreads = isolated ? msg.threads : 1;
+    raiseGpuLimits = msg.webgpuLimits !== 'default';
     self.postMessage({ type: 'ready', threads: ort.env.wasm.numThreads, isolated, ort: ort.env.versions?.web });
     return;
   }

@@ -151,3 +151,45 @@ def test_a_graph_that_is_not_a_sampler_shows_one_clear_message(browser, server):
     ]
     for files, needle in cases:
         assert needle in _message_after(browser, choose_files(browser, files)), needle
+
+
+@pytest.fixture(scope="module")
+def gpu_browser(server):
+    """A second browser with WebGPU on SwiftShader (Vulkan on the CPU), where this Chromium ships it."""
+    with Chromium(webgpu=True) as c:
+        open_page(c, server.url)
+        if not c.evaluate("window.ddpmRt.env.webgpu"):
+            pytest.skip("this headless Chromium exposes no WebGPU adapter, even with SwiftShader")
+        yield c
+
+
+@pytest.mark.parametrize(("graph", "sampler"), [("step", "ddim"), ("loop", "unipc"), ("step", "dpmpp-3m")])
+def test_webgpu_samples_equal_python_ort_loop(gpu_browser, server, graph, sampler):
+    """WebGPU (a software adapter here: seconds per step for digits, so the small swissroll MLP).
+
+    The multistep graphs split their plan row into 8-9 coefficients, more storage buffers than
+    WebGPU's default limit of 8, which the page raises to the adapter's own limit."""
+    env = gpu_browser.evaluate("window.ddpmRt.env")
+    assert env["webgpu"]["fallback"] is True  # SwiftShader: `auto` keeps WASM (see the next assert)
+    b = server.store.models["swissroll"].bundle
+    rng = np.random.default_rng(5)
+    x_init = rng.standard_normal((4, 2), dtype=np.float32)
+    out = run_page(gpu_browser, {"model": "swissroll", "sampler": sampler, "steps": 5, "graph": graph,
+                                 "batch": 4, "ep": "webgpu"}, x_init, np.zeros((5, 4, 2), np.float32))
+    assert "error" not in out and out["ep"] == "webgpu", out
+    ref = SE.reference_loop(str(b.onnx_path), b.spec.plan(b.spec.sampler(5, sampler=sampler)), x_init,
+                            np.zeros((5, 4, 2), np.float32))
+    assert np.max(np.abs(out["array"] - ref)) <= 1e-3  # GPU float math: 5e-5 measured
+    assert run_page(gpu_browser, {"model": "swissroll", "ep": "auto", "batch": 4, "graph": "step"})["ep"] == "wasm"
+
+
+def test_webgpu_kernel_refused_by_the_device_is_one_clear_message(gpu_browser, server):
+    """With WebGPU's default limits (as ORT alone asks) the multistep step graph's Split is refused;
+    ORT only logs that and returns zeros: the page says so instead of drawing them."""
+    open_page(gpu_browser, server.url + "?webgpu-limits=default")
+    out = run_page(gpu_browser, {"model": "swissroll", "sampler": "unipc", "steps": 5, "graph": "step",
+                                 "batch": 4, "ep": "webgpu"})
+    message = _message_after(gpu_browser, out)
+    assert message.startswith("WebGPU refused a kernel of this graph at step 0 (The number of storage buffers")
+    assert message.endswith("so its samples would be wrong; choose WASM")
+    open_page(gpu_browser, server.url)
