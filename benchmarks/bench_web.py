@@ -1,7 +1,8 @@
 """Sampling in the browser (examples/web, onnxruntime-web) vs Python ONNX Runtime, same graphs, same inputs.
 
-The shipped digits model, batch 16, the page's default sampler (UniPC, 15 steps): the step
-graph and the full-loop graph, run by
+The shipped digits model, batch 16, DPM-Solver++(2M) 15 steps (not the page's default UniPC,
+which onnxruntime-web's WebGPU gets wrong, see examples/web/README.md): the step graph and the
+full-loop graph, run by
 
 * headless Chromium (the page served by `ddpm-rt web`'s server, driven through its own
   `ddpmRt.run`): WASM with 1 thread, WASM with threads (the page is cross-origin isolated),
@@ -84,7 +85,9 @@ def _browser_runner(browser: Any, options: dict[str, Any]):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--sampler", default="unipc")
+    # dpmpp-2m, not the page's default unipc: onnxruntime-web 1.30.0's WebGPU gets graphs with a
+    # history of 2+ outputs wrong (examples/web/app.js), and every contender runs the same graph
+    p.add_argument("--sampler", default="dpmpp-2m")
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--threads", type=int, default=2, help="WASM threads (and Python ORT's second thread count)")
     p.add_argument("--warmup", type=int, default=2)

@@ -44,7 +44,9 @@ def web(
         for note in src.notes:
             log(f"warning: {note}")
         bundle = bundle_for(src, log=log)
-        shown = src.ref if src.kind is SourceKind.BUILTIN else Path(bundle.directory).name
+        # a built-in's name, else the bundle's folder (or a bare .onnx file's stem)
+        shown = (src.ref if src.kind is SourceKind.BUILTIN
+                 else bundle.directory.name if bundle.hash_checked else bundle.onnx_path.stem)
         models.append(WebModel(shown, bundle, src.label))
     store = GraphStore(models, log=log)
     served = ensure_page(page, log=log)

@@ -12,7 +12,6 @@ graph, so a sidecar on disk means a finished entry.
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,10 @@ def check_exporter() -> None:
     if importlib.util.find_spec("onnx") is None:
         raise ConfigError(f"`ddpm-rt web` builds the sampler graphs with the onnx package, which the core "
                           f"install leaves out: {ONNX_HINT}")
+
+
+class UnknownModelError(ConfigError):
+    """The page asked for a model this server does not serve (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,11 @@ class WebModel:
         for name in SAMPLERS_FOR_FAMILY[spec.schedule.family]:
             try:
                 s = spec.sampler(sampler=name)
-                spec.plan(s)  # e.g. ipndm refuses a model that clips x0
+                plan = spec.plan(s)  # e.g. ipndm refuses a model that clips x0
             except ConfigError:
                 continue
-            samplers.append({"name": name, "deterministic": s.deterministic, "default_steps": s.steps})
+            samplers.append({"name": name, "deterministic": s.deterministic, "default_steps": s.steps,
+                             "history": plan.depth})
         return {
             "name": self.name, "label": self.label,
             "kind": "image" if spec.is_image else "points",
@@ -112,7 +116,7 @@ class GraphStore:
 
     def model(self, name: str) -> WebModel:
         if name not in self.models:
-            raise KeyError(f"unknown model {name!r}; this server has {', '.join(self.models)}")
+            raise UnknownModelError(f"unknown model {name!r}; this server has {', '.join(self.models)}")
         return self.models[name]
 
     def _sampler(self, req: GraphRequest) -> Any:
@@ -152,7 +156,3 @@ class GraphStore:
         if self.log is not None:
             self.log(f"exported {req.model} {req.sampler} {req.steps}-step {req.graph} graph in "
                      f"{time.perf_counter() - t0:.1f} s (max |graph - Python loop| {res.max_abs_diff:.1e})")
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ddpm_rt import __version__
 from ddpm_rt.errors import ConfigError, DdpmRtError, ExportError, first_line
 from ddpm_rt.fsutil import LogFn
-from ddpm_rt.web.graphs import ONNX_HINT, GraphRequest, GraphStore
+from ddpm_rt.web.graphs import ONNX_HINT, GraphRequest, GraphStore, UnknownModelError
 from ddpm_rt.web.page import Page
 
 ISOLATION_HEADERS = {
@@ -119,11 +119,11 @@ class Handler(BaseHTTPRequestHandler):
         try:
             req = GraphRequest.from_query(query)
             onnx_path, sidecar = self.server.store.graph(req)
-        except KeyError as e:  # unknown model
-            raise HttpError(HTTPStatus.NOT_FOUND, str(e.args[0])) from None
+        except UnknownModelError as e:
+            raise HttpError(HTTPStatus.NOT_FOUND, str(e)) from None
         except ExportError as e:
             raise HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, f"export failed: {e}") from None
-        except (ConfigError, DdpmRtError) as e:
+        except DdpmRtError as e:
             raise HttpError(HTTPStatus.BAD_REQUEST, str(e)) from None
         except ImportError as e:
             raise HttpError(HTTPStatus.INTERNAL_SERVER_ERROR,

@@ -20,6 +20,13 @@ const ui = {
   stats: $('stats'), perStep: $('per-step'), form: $('controls'),
 };
 const DEFAULT_BATCH = { image: 16, points: 1000 };
+// onnxruntime-web 1.30.0 on WebGPU: in a graph that passes a history input straight to an output
+// (hist_2_next = Identity(hist_1): multistep plans that keep 2+ past outputs, unipc and dpmpp-3m),
+// the input's other reader sees zeros or stale memory once the graph is as large as the digits
+// U-Net, and the samples come out wrong with no error (measured against the Python loop; with a
+// Mul by 1 in place of the Identity they match). The worker refuses such graphs on WebGPU, and
+// `auto` runs them on WASM.
+const WEBGPU_MAX_HISTORY = 1;
 
 const state = {
   models: new Map(), env: {}, workers: new Map(), worker: null, nextId: 0, pending: new Map(), busy: false, lastRun: null,
@@ -80,7 +87,7 @@ function startWorker(threads) {
   });
   // ?webgpu-limits=default: WebGPU's default device limits, as ORT alone asks (to see what they break)
   const webgpuLimits = new URLSearchParams(location.search).get('webgpu-limits') ?? 'adapter';
-  handle.postMessage({ type: 'init', threads, webgpuLimits });
+  handle.postMessage({ type: 'init', threads, webgpuLimits, webgpuMaxHistory: WEBGPU_MAX_HISTORY });
   return { threads, handle, ready };
 }
 
@@ -108,11 +115,12 @@ function fillGraphs() {
   if (loop.disabled) ui.graph.value = 'step';
 }
 
-// auto: WebGPU on a real GPU adapter; WASM otherwise, and on a software (fallback) adapter such as
-// SwiftShader, which emulates the GPU on the CPU far more slowly than WASM runs the same graph
-function chooseEp(ep) {
-  if (ep === 'auto') return state.env.webgpu && !state.env.webgpu.fallback ? 'webgpu' : 'wasm';
-  return ep;
+// auto: WebGPU on a real GPU adapter for the graphs it runs right; WASM otherwise, and on a software
+// (fallback) adapter such as SwiftShader, which emulates the GPU on the CPU ~100x slower than WASM
+function chooseEp(ep, history) {
+  if (ep !== 'auto') return ep;
+  const gpu = state.env.webgpu;
+  return gpu && !gpu.fallback && history <= WEBGPU_MAX_HISTORY ? 'webgpu' : 'wasm';
 }
 
 function setControl(el, value) {
@@ -168,7 +176,9 @@ async function runNow(options) {
   const batch = Number(ui.batch.value);
   const seed = Number(ui.seed.value);
   const graphKind = options.graph ?? ui.graph.value;
-  const ep = chooseEp(ui.ep.value);
+  const history = options.files ? (options.files.description.history?.depth ?? 0)
+    : (currentModel()?.samplers.find((x) => x.name === ui.sampler.value)?.history ?? 0);
+  const ep = chooseEp(ui.ep.value, history);
   const threads = Number(ui.threads.value);
   if (!Number.isInteger(batch) || batch < 1) fail(`batch must be a positive integer, got ${ui.batch.value}`);
   if (!Number.isInteger(seed) || seed < 0) fail(`seed must be a non-negative integer, got ${ui.seed.value}`);
@@ -263,7 +273,7 @@ async function start() {
   const adapter = gpu ? [gpu.vendor, gpu.architecture].filter(Boolean).join(' ') || 'an adapter' : '';
   ui.env.textContent = `onnxruntime-web ${catalog.ort} · WebGPU: `
     + (!gpu ? 'not available (auto runs WASM)'
-      : gpu.fallback ? `software adapter only (${adapter}; auto runs WASM)` : `${adapter} (auto runs WebGPU)`)
+      : gpu.fallback ? `software adapter only (${adapter}; auto runs WASM)` : `${adapter} (auto runs WebGPU; unipc and dpmpp-3m on WASM)`)
     + ` · WASM threads: ${isolated ? `up to ${maxThreads} (cross-origin isolated)` : '1 (page not cross-origin isolated)'}`;
   ui.model.addEventListener('change', fillSamplers);
   ui.sampler.addEventListener('change', fillGraphs);

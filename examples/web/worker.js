@@ -3,7 +3,7 @@
 // graph's `ddpm_rt_sampler` metadata, which the browser API cannot read), check one against the
 // other, and run it with onnxruntime-web on WebGPU or WebAssembly.
 //
-// Messages in:  {type: 'init', threads}                                  once, before any run
+// Messages in:  {type: 'init', threads, webgpuLimits, webgpuMaxHistory}  once, before any run
 //               {type: 'run', id, graph, ep, batch, seed, xInit?, noise?}
 //     graph = {onnx: URL, description: URL} | {name, bytes: ArrayBuffer, description: object}
 //     xInit = Float32Array [batch, ...sample] and noise = Float32Array [steps, batch, ...sample]
@@ -169,6 +169,18 @@ function checkGpuErrors(where) {
   }
 }
 
+// Graphs whose history is longer than this are refused on WebGPU (set by the page: app.js says why).
+let webgpuMaxHistory = Infinity;
+
+function checkWebGpuGraph(desc) {
+  const depth = desc.history?.depth ?? 0;
+  if (depth > webgpuMaxHistory) {
+    throw new PageError(`on WebGPU this ${desc.sampler} graph (a history of ${depth} past outputs) gives wrong `
+      + `samples with onnxruntime-web ${ort.env.versions?.web ?? ''}: choose WASM, or a sampler with a history `
+      + `of at most ${webgpuMaxHistory} (ddim, ddpm, dpmpp-2m)`);
+  }
+}
+
 const sessions = new Map(); // key -> {session, desc, feeds, sessionMs}
 
 async function openGraph(id, graph, ep) {
@@ -177,6 +189,7 @@ async function openGraph(id, graph, ep) {
   if (sessions.has(key)) return sessions.get(key);
   status(id, 'fetching the graph description (the server exports the graph on first use)');
   const desc = await loadDescription(graph);
+  if (ep === 'webgpu') checkWebGpuGraph(desc);
   const name = graph.bytes !== undefined ? graph.name : graph.onnx;
   let bytes = graph.bytes;
   if (bytes === undefined) {
@@ -282,6 +295,7 @@ self.onmessage = async (event) => {
     const isolated = self.crossOriginIsolated === true;
     ort.env.wasm.numThreads = isolated ? msg.threads : 1;
     raiseGpuLimits = msg.webgpuLimits !== 'default';
+    webgpuMaxHistory = msg.webgpuMaxHistory ?? Infinity;
     self.postMessage({ type: 'ready', threads: ort.env.wasm.numThreads, isolated, ort: ort.env.versions?.web });
     return;
   }

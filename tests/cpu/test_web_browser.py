@@ -163,12 +163,12 @@ def gpu_browser(server):
         yield c
 
 
-@pytest.mark.parametrize(("graph", "sampler"), [("step", "ddim"), ("loop", "unipc"), ("step", "dpmpp-3m")])
+@pytest.mark.parametrize(("graph", "sampler"), [("step", "ddim"), ("loop", "dpmpp-2m"), ("step", "dpmpp-2m")])
 def test_webgpu_samples_equal_python_ort_loop(gpu_browser, server, graph, sampler):
     """WebGPU (a software adapter here: seconds per step for digits, so the small swissroll MLP).
 
-    The multistep graphs split their plan row into 8-9 coefficients, more storage buffers than
-    WebGPU's default limit of 8, which the page raises to the adapter's own limit."""
+    The multistep step graph splits its plan row into 8 coefficients, more storage buffers than
+    WebGPU's default limit of 8 allows (input + outputs), which the page raises to the adapter's."""
     env = gpu_browser.evaluate("window.ddpmRt.env")
     assert env["webgpu"]["fallback"] is True  # SwiftShader: `auto` keeps WASM (see the next assert)
     b = server.store.models["swissroll"].bundle
@@ -187,9 +187,20 @@ def test_webgpu_kernel_refused_by_the_device_is_one_clear_message(gpu_browser, s
     """With WebGPU's default limits (as ORT alone asks) the multistep step graph's Split is refused;
     ORT only logs that and returns zeros: the page says so instead of drawing them."""
     open_page(gpu_browser, server.url + "?webgpu-limits=default")
-    out = run_page(gpu_browser, {"model": "swissroll", "sampler": "unipc", "steps": 5, "graph": "step",
+    out = run_page(gpu_browser, {"model": "swissroll", "sampler": "dpmpp-2m", "steps": 5, "graph": "step",
                                  "batch": 4, "ep": "webgpu"})
     message = _message_after(gpu_browser, out)
     assert message.startswith("WebGPU refused a kernel of this graph at step 0 (The number of storage buffers")
     assert message.endswith("so its samples would be wrong; choose WASM")
     open_page(gpu_browser, server.url)
+
+
+@pytest.mark.parametrize(("sampler", "graph"), [("unipc", "step"), ("dpmpp-3m", "loop")])
+def test_webgpu_refuses_graphs_it_gets_wrong(gpu_browser, sampler, graph):
+    """A history of 2+ outputs gives wrong digits samples on ORT-web 1.30.0's WebGPU (see worker.js):
+    refused with one message, before any download."""
+    out = run_page(gpu_browser, {"model": "digits", "sampler": sampler, "steps": 5, "graph": graph, "batch": 2,
+                                 "ep": "webgpu"})
+    message = _message_after(gpu_browser, out)
+    assert message.startswith(f"on WebGPU this {sampler} graph (a history of 2 past outputs) gives wrong samples")
+    assert message.endswith("choose WASM, or a sampler with a history of at most 1 (ddim, ddpm, dpmpp-2m)")

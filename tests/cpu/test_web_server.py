@@ -112,6 +112,7 @@ def test_models_catalog(server):
     assert m["default"] == {"sampler": "ddpm", "steps": 40}
     by_name = {s["name"]: s for s in m["samplers"]}
     assert by_name["ddim"]["deterministic"] and not by_name["ddpm"]["deterministic"]
+    assert [by_name[n]["history"] for n in ("ddim", "dpmpp-2m", "unipc")] == [0, 1, 2]
     assert "ipndm" not in by_name  # swissroll clips x0, which ipndm refuses
 
 
