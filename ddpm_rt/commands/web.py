@@ -22,8 +22,9 @@ def web(
 ) -> None:
     """Serve a page that samples in the browser (onnxruntime-web: WebGPU, or WASM with threads); prints its URL.
 
-    Sampler graphs are exported on first use into the cache ($DDPM_RT_CACHE/web); nothing here
-    needs torch for a model that ships a bundle.
+    SOURCES are built-in names or bundles (default: every built-in that ships a bundle). Sampler
+    graphs are exported on first use into the cache ($DDPM_RT_CACHE/web) with the onnx package;
+    nothing here needs torch for a model that ships a bundle.
     """
     from ddpm_rt.models.catalog import BUILTIN, shipped_bundle
     from ddpm_rt.prepare import bundle_for
