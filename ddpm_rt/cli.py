@@ -40,6 +40,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("export", "export", "export"),
     ("inspect", "inspect", "inspect"),
     ("export-sampler", "export_sampler", "export_sampler"),
+    ("web", "web", "web"),
 ]
 HELP_WIDTH = 120
 # A missing optional package -> the extra that brings it (the command's own extra wins).

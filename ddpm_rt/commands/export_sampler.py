@@ -60,7 +60,7 @@ def export_sampler(
     result = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler_spec, out, graph,
                                   edit=edit)
     typer.echo(
-        f"wrote {result.graph} graph {out} ({sampler_spec.sampler}, {result.plan.steps} steps, "
+        f"wrote {result.graph} graph {out} and its description {result.summary()['sidecar']} ({sampler_spec.sampler}, {result.plan.steps} steps, "
         f"eta {sampler_spec.eta:g}); max |fused - Python loop| = {result.max_abs_diff:.2e} "
         f"(same kernels; {result.summary()['max_abs_diff_default_level']:.2e} at ORT's default level)",
         err=True,

@@ -30,7 +30,7 @@ from ddpm_rt.exporter.sampler_graph import (
     check_model,
     history_names,
 )
-from ddpm_rt.fsutil import atomic_write
+from ddpm_rt.fsutil import atomic_write, atomic_write_text
 from ddpm_rt.plan import SamplerSpec, SamplingPlan
 from ddpm_rt.runtime.loop import sample_loop
 from ddpm_rt.spec import DiffusionSpec
@@ -63,6 +63,7 @@ class SamplerExport:
     def summary(self) -> dict[str, Any]:
         return {
             "out": str(self.path),
+            "sidecar": str(sidecar_path(self.path)),
             "graph": self.graph,
             "sampler": self.plan.sampler.sampler,
             "steps": self.plan.steps,
@@ -292,6 +293,11 @@ def verify(model: onnx.ModelProto, denoiser: onnx.ModelProto, graph: str, plan: 
     return figures
 
 
+def sidecar_path(graph: Path) -> Path:
+    """Where `export_sampler_graph` writes the description beside the graph: X.onnx -> X.json."""
+    return Path(graph).with_suffix(".json")
+
+
 def is_sampler_graph(path: Path) -> bool:
     """True for an .onnx written by `export_sampler_graph` (it has the SAMPLER_KEY metadata)."""
     try:
@@ -360,4 +366,7 @@ def export_sampler_graph(
         raise ExportError("the fused graph is over 2 GiB, the limit of one .onnx file; "
                           "use the plain bundle with a host loop instead")
     atomic_write(Path(out), lambda p: onnx.save(model, str(p)))
+    # the same description beside the graph, for hosts that cannot read ONNX metadata (browsers);
+    # written second, so a sidecar on disk means its graph is complete
+    atomic_write_text(sidecar_path(Path(out)), json.dumps(description, indent=1) + "\n")
     return SamplerExport(Path(out), kind, plan, description["verify"]["max_abs_diff"], description)

@@ -56,6 +56,7 @@ def test_sampling_a_bundle_imports_no_torch_and_no_exporter(core_venv: Path, tmp
     (["sample", "swissroll", "--backend", "torch", "--out", "x.npy"], "ddpm-rt[torch]"),
     (["export", "digits", "--out", "b"], "ddpm-rt[torch]"),
     (["train", "swissroll", "--out", "c"], "ddpm-rt[train]"),
+    (["web", "--port", "0"], "ddpm-rt[web]"),  # builds sampler graphs with onnx (no torch)
 ])
 def test_a_command_that_needs_an_extra_names_it(core_venv: Path, tmp_path: Path, args: list[str],
                                                 extra: str) -> None:
