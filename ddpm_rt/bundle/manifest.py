@@ -14,6 +14,7 @@ from ddpm_rt.precision import Precision
 
 FORMAT = "ddpm-rt-bundle"
 FORMAT_VERSION = 1
+SAMPLER_GRAPH_VERSION = 2  # bump when fused sampler graphs change for the same plan (their caches key on it)
 EXPORTER_VERSION = "1"  # bump when the exported graph changes for the same weights (invalidates caches)
 ONNX_FILE = "denoiser.onnx"
 MANIFEST_FILE = "ddpm_rt.json"

@@ -203,6 +203,8 @@ def _plan_tables(plan: SamplingPlan, noise: bool, options: GraphOptions | None =
             numpy_helper.from_array(np.array([1], dtype=np.int64), "plan/one1")]
     if plan.clip is not None:
         tabs += [_scalar("plan/clip_lo", plan.clip[0]), _scalar("plan/clip_hi", plan.clip[1])]
+    if plan.depth >= 2:  # the history shift passes past outputs on as x·1 (see _step_nodes)
+        tabs.append(_scalar("plan/one", 1.0))
     if options.edit:
         tabs += [_scalar("plan/depth", plan.depth, np.int64), _scalar("plan/stride", plan.depth + 1, np.int64)]
     if options.guided:
@@ -357,9 +359,13 @@ def _step_nodes(
             nodes += [helper.make_node("Mul", [value, n(f"c_{col}")], [n(f"w_{col}")], name=n(f"w_{col}")),
                       helper.make_node("Add", [acc, n(f"w_{col}")], [n(f"acc_{col}")], name=n(f"acc_{col}"))]
             acc = n(f"acc_{col}")
-        # the history moves on one step: d_i first, then d_{i-1} .. d_{i-H+1}
+        # the history moves on one step: d_i first, then d_{i-1} .. d_{i-H+1}. A past output passed
+        # on is multiplied by 1 rather than copied by an Identity: onnxruntime-web 1.30's WebGPU EP
+        # corrupts the other reader of a graph input that an Identity hands straight to an output
+        # (wrong digits samples, no error; measured), and x·1 is exact.
         for src, dst in zip([n("d"), *hist_in][: len(hist_out)], hist_out, strict=True):
-            nodes.append(helper.make_node("Identity", [src], [dst], name=f"shift/{dst}"))
+            nodes.append(helper.make_node("Identity", [src], [dst], name=f"shift/{dst}") if src == n("d")
+                         else helper.make_node("Mul", [src, "plan/one"], [dst], name=f"shift/{dst}"))
     updated = x_prev if not options.edit else n("x_unmasked")
     if noise is not None:
         # ... + sigma·z  (sigma = 0 on deterministic rows: z is read but adds exactly 0)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ddpm_rt import __version__
 from ddpm_rt.bundle.load import Bundle
+from ddpm_rt.bundle.manifest import SAMPLER_GRAPH_VERSION
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.fsutil import LogFn, cache_root, clean_stale_temps, file_lock
 from ddpm_rt.plan import SAMPLERS_FOR_FAMILY
@@ -129,7 +130,8 @@ class GraphStore:
     def key(self, req: GraphRequest) -> str:
         bundle = self.model(req.model).bundle
         return content_key({"denoiser": bundle.onnx_sha256, "spec": bundle.spec.to_dict(),
-                            "sampler": asdict(self._sampler(req)), "graph": req.graph, "ddpm_rt": __version__})
+                            "sampler": asdict(self._sampler(req)), "graph": req.graph, "ddpm_rt": __version__,
+                            "builder": SAMPLER_GRAPH_VERSION})
 
     def graph(self, req: GraphRequest) -> tuple[Path, Path]:
         """(the .onnx, its sidecar .json) for `req`, exported now (once, under a lock) when absent."""

@@ -20,13 +20,11 @@ const ui = {
   stats: $('stats'), perStep: $('per-step'), form: $('controls'),
 };
 const DEFAULT_BATCH = { image: 16, points: 1000 };
-// onnxruntime-web 1.30.0 on WebGPU: in a graph that passes a history input straight to an output
-// (hist_2_next = Identity(hist_1): multistep plans that keep 2+ past outputs, unipc and dpmpp-3m),
-// the input's other reader sees zeros or stale memory once the graph is as large as the digits
-// U-Net, and the samples come out wrong with no error (measured against the Python loop; with a
-// Mul by 1 in place of the Identity they match). The worker refuses such graphs on WebGPU, and
-// `auto` runs them on WASM.
-const WEBGPU_MAX_HISTORY = 1;
+// onnxruntime-web 1.30.0 on WebGPU corrupted a graph input that an Identity handed straight to an
+// output (the multistep history shift): the exporter now passes past outputs on as x·1 instead, and
+// graphs of any history depth run on WebGPU (tests/cpu/test_web_browser.py checks unipc on digits).
+// A graph exported before that fix still has the Identity: set this back to 1 to refuse them.
+const WEBGPU_MAX_HISTORY = Infinity;
 
 const state = {
   models: new Map(), env: {}, workers: new Map(), worker: null, nextId: 0, pending: new Map(), busy: false, lastRun: null,
