@@ -18,9 +18,9 @@ updates of IO-bound inputs, which the host loop relies on (benchmarks/results/op
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,15 @@ import numpy as np
 
 from ddpm_rt.bundle.contract import CONTRACT, GraphContract
 from ddpm_rt.errors import BackendUnavailable, BundleError, ConfigError, first_line
-from ddpm_rt.fsutil import writable_dir
-from ddpm_rt.precision import Precision, check_supported
+from ddpm_rt.fsutil import (
+    atomic_write_bytes,
+    atomic_write_text,
+    clean_stale_temps,
+    file_lock,
+    json_key,
+    writable_dir,
+)
+from ddpm_rt.precision import Precision, check_supported, cpu_capabilities
 from ddpm_rt.runtime import ort_cache
 from ddpm_rt.runtime.backend import Backend, BackendOptions
 
@@ -63,14 +70,54 @@ def cache_dir_for(onnx_path: Path, override: str | Path | None = None) -> Path:
     return ort_cache.cache_dir_for(onnx_path, override, subdir=CACHE_SUBDIR)
 
 
-def cache_fields(bundle_sha256: str, batch: int, precision: Precision, ov_version: str) -> dict[str, Any]:
-    """What a compiled model depends on besides the CPU (OpenVINO checks that part itself)."""
+def cache_fields(bundle_sha256: str, batch: int, precision: Precision, ov_version: str,
+                 threads: int = 0) -> dict[str, Any]:
+    """What a compiled model depends on: graph, batch, precision, threads, OpenVINO, this CPU."""
     return {"format": CACHE_FORMAT, "bundle_sha256": bundle_sha256, "batch": batch,
-            "precision": precision.value, "device": DEVICE, "openvino": ov_version}
+            "precision": precision.value, "threads": threads, "device": DEVICE, "openvino": ov_version,
+            "cpu": cpu_capabilities().key()}
 
 
 def cache_key(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+    return json_key(fields)
+
+
+def cached_compile(core: Any, cache: Path, fields: dict[str, Any], config: dict[str, Any],
+                   compile_model: Callable[[], Any]) -> tuple[Any, str]:
+    """(compiled model, "hit" | "built" | "uncached"), with OpenVINO's compiled blob cached by us.
+
+    OpenVINO's own CACHE_DIR writes its blob in place, unlocked, while another process may map
+    the same file: concurrent first runs died with SIGBUS, and a kill mid-write leaves a blob
+    that breaks the next run. Instead the blob is `CompiledModel.export_model()` bytes, written
+    atomically (temp file + rename) under a file lock (one compiler per entry; the others wait and
+    import it), and read into memory (`Core.import_model`), never mapped. A blob that does not
+    import is rebuilt.
+    """
+    if not writable_dir(cache):
+        return compile_model(), "uncached"
+    blob = cache / "model.blob"
+
+    def load() -> Any:
+        if not blob.is_file():
+            return None
+        try:
+            return core.import_model(blob.read_bytes(), DEVICE, config)
+        except Exception:  # noqa: BLE001 - a damaged or foreign blob: rebuild it
+            return None
+
+    compiled = load()  # the common case: built before, no lock needed (the file is complete)
+    if compiled is not None:
+        return compiled, "hit"
+    with file_lock(cache / ".lock"):
+        clean_stale_temps(cache)
+        compiled = load()  # another process may have built it while we waited
+        if compiled is not None:
+            return compiled, "hit"
+        compiled = compile_model()
+        exported = compiled.export_model()  # bytes, or a BytesIO in some OpenVINO releases
+        atomic_write_bytes(blob, exported.getvalue() if hasattr(exported, "getvalue") else bytes(exported))
+        atomic_write_text(cache / "fields.json", json.dumps(fields, indent=2, sort_keys=True, default=str) + "\n")
+        return compiled, "built"
 
 
 def _bundle_sha256(bundle: Bundle) -> str:
@@ -145,30 +192,25 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         capabilities = list(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
         precision = check_precision(options.precision, bundle.manifest.get("precision", "fp32"), capabilities)
-        fields = cache_fields(_bundle_sha256(bundle), batch, precision, ov.__version__)
-        cache = cache_dir_for(bundle.onnx_path, options.cache_dir) / cache_key(fields)
-        status = "uncached"
-        if writable_dir(cache):
-            status = "hit" if any(cache.glob("*.blob")) else "built"
-            core.set_property({"CACHE_DIR": str(cache)})
-            meta = cache / "fields.json"
-            if not meta.is_file():
-                from ddpm_rt.fsutil import atomic_write_text
-
-                atomic_write_text(meta, json.dumps(fields, indent=2, sort_keys=True) + "\n")
-        contract = CONTRACT.for_spec(bundle.spec)
-        sample_shape = tuple(bundle.spec.sample_shape)
-        try:
-            model = core.read_model(str(bundle.onnx_path))
-            model.reshape({name: list(shape) for name, shape in contract.shapes(sample_shape, batch).items()
-                           if name in contract.input_names})
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped RuntimeErrors
-            raise BundleError(f"OpenVINO cannot read {bundle.onnx_path}: {first_line(e)}") from None
         threads = int(options.threads or 0)  # 0 = OpenVINO's default (all usable cores)
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _HINTS[precision][0],
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        fields = cache_fields(_bundle_sha256(bundle), batch, precision, ov.__version__, threads)
+        cache = cache_dir_for(bundle.onnx_path, options.cache_dir) / cache_key(fields)
+        contract = CONTRACT.for_spec(bundle.spec)
+        sample_shape = tuple(bundle.spec.sample_shape)
+
+        def compile_model() -> Any:
+            try:
+                model = core.read_model(str(bundle.onnx_path))
+                model.reshape({name: list(shape) for name, shape in contract.shapes(sample_shape, batch).items()
+                               if name in contract.input_names})
+            except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped RuntimeErrors
+                raise BundleError(f"OpenVINO cannot read {bundle.onnx_path}: {first_line(e)}") from None
+            return core.compile_model(model, DEVICE, config)
+
         t0 = time.perf_counter()
-        compiled = core.compile_model(model, DEVICE, config)
+        compiled, status = cached_compile(core, cache, fields, config, compile_model)
         info = {
             "onnx": str(bundle.onnx_path), "cache_dir": str(cache), "model_cache": status,
             "compile_s": round(time.perf_counter() - t0, 3), "precision": precision.value,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -19,17 +18,7 @@ import numpy as np
 import pytest
 
 from tests.cli_helpers import assert_one_line_error, assert_usage_error, run_cli
-
-RNG = random.Random(int(os.environ.get("DDPM_RT_FAULT_SEED", "14")))
-
-
-def _popen(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "ddpm_rt.cli", *args], cwd=cwd, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _temps(*dirs: Path) -> list[str]:
-    return [p.name for d in dirs if d.is_dir() for p in d.rglob("*") if ".tmp" in p.name]
+from tests.helpers.processes import kill_at_random, popen, temps
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_concurrent_first_runs_export_once_and_all_succeed(checkpoint: Path, tmp_path: Path) -> None:
     env = {"DDPM_RT_CACHE": str(tmp_path / "cache")}
-    procs = [_popen("sample", str(checkpoint), "--backend", "ort", "--steps", "8", "--batch", "16",
+    procs = [popen("sample", str(checkpoint), "--backend", "ort", "--steps", "8", "--batch", "16",
                     "--threads", "1", "--out", str(tmp_path / f"s{i}.npy"), env=env) for i in range(4)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0, 0, 0], results
@@ -52,14 +41,7 @@ def test_concurrent_first_runs_export_once_and_all_succeed(checkpoint: Path, tmp
     first = np.load(tmp_path / "s0.npy")
     for i in range(1, 4):
         np.testing.assert_array_equal(np.load(tmp_path / f"s{i}.npy"), first)
-    assert _temps(tmp_path / "cache", tmp_path) == []
-
-
-def _kill_at_random(args: list[str], env: dict[str, str], lo: float, hi: float) -> int:
-    proc = _popen(*args, env=env)
-    time.sleep(RNG.uniform(lo, hi))
-    proc.send_signal(signal.SIGKILL)
-    return proc.wait(timeout=60)
+    assert temps(tmp_path / "cache", tmp_path) == []
 
 
 @pytest.mark.parametrize("trial", range(3))
@@ -67,11 +49,11 @@ def test_kill_9_during_export_leaves_no_bundle_and_the_next_run_heals(checkpoint
                                                                      trial: int) -> None:
     env = {"DDPM_RT_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "bundle"
-    _kill_at_random(["export", str(checkpoint), "--out", str(out)], env, 0.5, 4.0)
+    kill_at_random(["export", str(checkpoint), "--out", str(out)], env, 0.5, 4.0)
     assert not out.exists() or (out / "ddpm_rt.json").is_file()  # nothing half-written under --out
     proc = run_cli("export", str(checkpoint), "--out", str(out), "--trajectory-steps", "0", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert (out / "ddpm_rt.json").is_file() and _temps(tmp_path) == []
+    assert (out / "ddpm_rt.json").is_file() and temps(tmp_path) == []
 
 
 @pytest.mark.parametrize("trial", range(3))
@@ -80,24 +62,24 @@ def test_kill_9_during_first_sample_then_the_next_run_heals(checkpoint: Path, tm
     out = tmp_path / "s.npy"
     args = ["sample", str(checkpoint), "--backend", "ort", "--steps", "40", "--batch", "256", "--threads", "1",
             "--out", str(out)]
-    _kill_at_random(args, env, 0.5, 5.0)
+    kill_at_random(args, env, 0.5, 5.0)
     if out.exists():  # only ever a complete file
         assert np.load(out).shape == (256, 2)
     proc = run_cli(*args, env=env)
     assert proc.returncode == 0, proc.stderr
     assert np.load(out).shape == (256, 2)
-    assert _temps(tmp_path) == [], "temporaries of the killed run were not cleaned up"
+    assert temps(tmp_path) == [], "temporaries of the killed run were not cleaned up"
 
 
 def test_kill_9_during_train_resumes_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     args = ["train", "swissroll", "--out", str(out), "--steps", "3000", "--threads", "1"]
-    _kill_at_random(args, {}, 3.0, 6.0)
+    kill_at_random(args, {}, 3.0, 6.0)
     proc = run_cli(*args[:-4], "--steps", "3100", "--threads", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["step"] == 3100
-    assert _temps(out) == []
+    assert temps(out) == []
 
 
 def _interrupt(args: list[str], sig: int, env: dict[str, str], marker: str, tmp: Path) -> tuple[int, str]:
@@ -122,7 +104,7 @@ def test_signals_exit_128_plus_signum_and_write_nothing(tmp_path: Path, sig: int
                            "--out", str(out)], sig, {"DDPM_RT_CACHE": str(tmp_path / "c")}, "backend:", tmp_path)
     assert got == code, err
     assert err.strip().splitlines()[-1].startswith(f"interrupted ({signal.Signals(sig).name})")
-    assert not out.exists() and _temps(tmp_path) == []
+    assert not out.exists() and temps(tmp_path) == []
 
 
 def test_train_interrupt_saves_a_checkpoint_and_says_where_it_resumes(tmp_path: Path) -> None:
