@@ -10,7 +10,7 @@ Also raw OpenVINO calls × steps against the OpenVINO loop (loop overhead).
 
 Part ``quality`` (shipped ``digits`` n=1000 and ``swissroll`` n=2000, fixed seed): samples from each
 precision path, scored by `ddpm_rt.quality.report.quality_report`, next to fp32's, plus the
-quality guard's verdict (`ddpm_rt.runtime.selection.guard`) for each path.
+quality guard's verdict (`ddpm_rt.runtime.quality_guard.guard`) for each path.
 
     .venv/bin/python benchmarks/bench_cpu_precision.py --part cifar --threads 2 --batches 1 8
     .venv/bin/python benchmarks/bench_cpu_precision.py --part quality --threads 2
@@ -53,7 +53,7 @@ def machine() -> dict[str, Any]:
 def versions() -> dict[str, str | None]:
     import torch
 
-    from ddpm_rt.runtime.selection import runtime_versions
+    from ddpm_rt.runtime.verdicts import runtime_versions
 
     return {**runtime_versions(), "torch": torch.__version__}
 
@@ -68,7 +68,7 @@ def cifar_runners(src, bundle, plan, batch: int, threads: int, int8_bundle) -> d
     from ddpm_rt.bench.pipeline import ddim_scheduler, find_unet
     from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import sample_loop
-    from ddpm_rt.runtime.selection import open_candidate
+    from ddpm_rt.runtime.quality_guard import open_candidate
 
     torch.set_num_threads(threads)
     module = src.load_module().eval()
@@ -248,7 +248,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     from ddpm_rt.quality.report import quality_report
     from ddpm_rt.runtime.backend import BackendOptions
     from ddpm_rt.runtime.loop import initial_noise
-    from ddpm_rt.runtime.selection import guard, open_candidate
+    from ddpm_rt.runtime.quality_guard import guard, open_candidate
 
     out: dict[str, Any] = {}
     for model, n in (("digits", args.quality_n), ("swissroll", 2 * args.quality_n)):

@@ -63,6 +63,7 @@ class Choice:
     name: str
     reason: str
     precision: str = "fp32"
+    bundle: Bundle | None = None  # the graph to open when not the source's own (an int8 bundle's fp32 graph)
 
 
 def _runnable(name: str, source: ModelSource) -> bool:
@@ -95,10 +96,11 @@ def choose_backend(name: str, source: ModelSource, cache_dir: Path | None = None
     """The backend and precision to run `source` with.
 
     An explicit `name` is checked and kept; a reduced `precision` on a CPU backend must pass the
-    quality guard first (`runtime.selection`), unless `allow_inexact`. `auto` takes a GPU backend
+    quality guard first (`runtime.quality_guard`), unless `allow_inexact`. `auto` takes a GPU backend
     only after its first-use parity probe passed here (`gpu.probe`); on the CPU it ranks the
-    guard-passing candidates by measured speed once per (bundle, batch, CPU, versions) and takes
-    the fastest — a reduced precision included, unless `precision` forces one.
+    candidates by measured speed and takes the fastest that passes the quality guard, once per
+    (bundle, batch, CPU, versions) (`runtime.ranking`) — a reduced precision included, unless
+    `precision` forces one; an int8 bundle's fp32 graph competes with its int8 graph.
     """
     from ddpm_rt.precision import Precision
 
@@ -128,20 +130,25 @@ def choose_backend(name: str, source: ModelSource, cache_dir: Path | None = None
     bundle_backends = [c for c in cpu if REGISTRY[c].artifact == "bundle"]
     if len(bundle_backends) < 2 and wanted in (None, Precision.FP32):
         return Choice(cpu[0], "fastest usable backend" + note)
-    from ddpm_rt.runtime import selection
+    from ddpm_rt.runtime import ranking
 
     bundle = bundle_for(source, cache_dir, log)
-    if bundle.precision == Precision.INT8.value:  # a quantized bundle runs as int8 on whichever is faster
-        candidates = [selection.Candidate(b, Precision.INT8) for b in bundle_backends]
-    else:
-        candidates = [c for c in selection.default_candidates()
-                      if c.backend in bundle_backends and (wanted is None or c.precision is wanted)]
+    fp32, int8 = bundle, None
+    if bundle.precision == Precision.INT8.value:
+        fp32, int8 = bundle.fp32_variant(), bundle
+        if fp32 is None:  # made before int8 bundles carried their fp32 graph: nothing to guard against
+            name = "openvino" if "openvino" in bundle_backends else bundle_backends[0]
+            return Choice(name, "an int8 bundle without its fp32 graph (re-export it to let auto compare "
+                          "precisions)" + note, Precision.INT8.value)
+    candidates = [c for c in ranking.default_candidates(int8)
+                  if c.backend in bundle_backends and (wanted is None or c.precision is wanted)]
     if not candidates:
         raise BackendUnavailable(f"no CPU backend here runs --precision {wanted}; see `ddpm-rt doctor`")
-    if log is not None and len(candidates) > 1:
-        log("auto: ranking " + ", ".join(c.label for c in candidates) + " on this machine (cached after this run)")
-    ranking = selection.rank(bundle, batch, candidates, budget_s=RANK_BUDGET_S, threads=threads)
-    return Choice(ranking.backend, ranking.reason + note, ranking.precision)
+    ranked = ranking.rank(fp32, batch, candidates, budget_s=RANK_BUDGET_S, threads=threads, log=log)
+    if log is not None and not ranked.cached:
+        log(f"auto: {ranked.backend} {ranked.precision} (cached: the next run starts right away)")
+    chosen = int8 if ranked.precision == Precision.INT8.value else fp32
+    return Choice(ranked.backend, ranked.reason + note, ranked.precision, chosen)
 
 
 RANK_BUDGET_S = 2.0  # seconds of timed calls shared by the candidates, once per machine and batch
@@ -152,16 +159,21 @@ def _explicit(name: str, source: ModelSource, precision: object, cache_dir: Path
     """An explicit backend; a reduced precision on a CPU backend is guarded first."""
     from ddpm_rt.precision import Precision
 
-    if precision is Precision.FP32 or REGISTRY[name].gpu or REGISTRY[name].artifact != "bundle":
+    if REGISTRY[name].gpu or REGISTRY[name].artifact != "bundle":
         return Choice(name, "asked for", precision.value)
     bundle = bundle_for(source, cache_dir, log)
-    if bundle.precision == precision.value:  # e.g. an int8 bundle: it is what the user made
-        return Choice(name, f"asked for ({precision.value} bundle)", precision.value)
-    from ddpm_rt.runtime import selection
+    fp32 = bundle.fp32_variant() if bundle.precision == Precision.INT8.value else bundle
+    int8 = bundle if bundle.precision == Precision.INT8.value else None
+    if precision is Precision.FP32:
+        return Choice(name, "asked for", precision.value, fp32 or bundle)
+    if fp32 is None:  # an int8 bundle without its fp32 graph: it is what the user made
+        return Choice(name, f"asked for ({bundle.precision} bundle)", precision.value)
+    from ddpm_rt.runtime import quality_guard
 
-    verdict = selection.guard(bundle, name, precision, threads=threads)
-    selection.require_ok(verdict, allow_inexact)
-    return Choice(name, f"asked for; quality guard: {verdict.summary()}", precision.value)
+    candidate = int8 if precision is Precision.INT8 else None
+    verdict = quality_guard.guard(fp32, name, precision, candidate_bundle=candidate, threads=threads, log=log)
+    quality_guard.require_ok(verdict, allow_inexact)
+    return Choice(name, f"asked for; quality guard: {verdict.summary()}", precision.value, candidate or fp32)
 
 
 def artifact_for(name: str, source: ModelSource, cache_dir: Path | None = None,

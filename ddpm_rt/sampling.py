@@ -86,7 +86,7 @@ def open_run(source: ModelSource, backend: str = "auto", *, chunk: int, batch: i
     batch = batch or chunk
     choice = choose_backend(backend, source, log=log, batch=chunk, precision=precision, threads=threads,
                             allow_inexact=allow_inexact)
-    artifact = artifact_for(choice.name, source, log=log)
+    artifact = choice.bundle or artifact_for(choice.name, source, log=log)
     spec = getattr(artifact, "spec", source.spec)  # a bundle carries its own spec in its manifest
     options = BackendOptions(threads=threads, precision=choice.precision, cuda_graph=cuda_graph)
     notes: dict[str, Any] = {}

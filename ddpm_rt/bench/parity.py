@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ddpm_rt.runtime.agreement import agreement
+
 
 def parity_metrics(got: np.ndarray, ref: np.ndarray) -> dict[str, float | bool]:
-    """Max-abs and relative RMS error of `got` against `ref` (float64), and whether `got` is finite."""
-    diff = got.astype(np.float64) - ref.astype(np.float64)
-    scale = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))) or 1.0
-    return {
-        "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
-        "rel_rms": float(np.sqrt(np.mean(diff**2)) / scale) if diff.size else 0.0,
-        "finite": bool(np.all(np.isfinite(got))),
-    }
+    """Max-abs and relative RMS error of `got` against `ref`, and whether `got` is finite
+    (`runtime.agreement`, the one definition every check shares)."""
+    return agreement(got, ref).to_dict()

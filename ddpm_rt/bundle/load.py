@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddpm_rt.bundle.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, METADATA_KEY, ONNX_FILE
+from ddpm_rt.bundle.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    FP32_GRAPH,
+    MANIFEST_FILE,
+    METADATA_KEY,
+    ONNX_FILE,
+)
 from ddpm_rt.errors import BundleError, first_line
 from ddpm_rt.fsutil import file_sha256
 from ddpm_rt.spec import DiffusionSpec
@@ -38,6 +45,21 @@ class Bundle:
     @property
     def precision(self) -> str:
         return str(self.manifest.get("precision", "fp32"))
+
+    def fp32_variant(self) -> Bundle | None:
+        """An int8 bundle's fp32 graph (carried beside it, manifest `fp32_graph`), as a bundle of its own;
+        None when the bundle carries none. `auto` ranks fp32/bf16/fp16 on it and int8 on this graph."""
+        entry = self.manifest.get(FP32_GRAPH)
+        if not entry:
+            return None
+        path = self.directory / str(entry["file"])
+        if not path.is_file():
+            raise BundleError(f"{self.directory} is missing its fp32 graph {path.name}; re-export the int8 bundle")
+        if self.hash_checked and file_sha256(path) != entry["sha256"]:
+            raise BundleError(f"{path} was modified after export (sha256 mismatch); re-export the int8 bundle")
+        manifest = {**self.manifest, "precision": "fp32", "onnx_file": path.name, "onnx_sha256": entry["sha256"]}
+        manifest.pop(FP32_GRAPH)
+        return Bundle(self.directory, manifest, self.spec, path, self.hash_checked)
 
     @property
     def fixed_batch(self) -> int | None:

@@ -17,7 +17,7 @@ def inspect(
     """Print a bundle's manifest summary, graph I/O, size, FLOPs and verification figures."""
     from ddpm_rt.bundle.inspect import describe, format_text
     from ddpm_rt.bundle.load import load_bundle
-    from ddpm_rt.runtime.selection import cached_verdicts
+    from ddpm_rt.runtime.quality_guard import cached_verdicts
 
     verdicts = [v.summary() + (" — passed" if v.ok else " — REFUSED")
                 for v in cached_verdicts(load_bundle(bundle))]

@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from ddpm_rt.bundle.manifest import (
+    FP32_GRAPH,
+    FP32_GRAPH_FILE,
     MANIFEST_FILE,
     METADATA_KEY,
     ONNX_FILE,
@@ -206,9 +209,12 @@ def quantize_bundle(fp32_bundle_dir: Path, out_dir: Path, options: Int8Options |
                 q.metadata_props.remove(p)
         q.metadata_props.add(key=METADATA_KEY, value=json.dumps(manifest, separators=(",", ":")))
         onnx.save(q, str(tmp / ONNX_FILE))
+        for leftover in tmp.glob("*"):  # the calibrator's augmented model and its data, if any
+            if leftover.name != ONNX_FILE:
+                leftover.unlink()
+        # the fp32 graph travels with it: `auto` ranks fp32/bf16/fp16 on it beside int8 on this one
+        shutil.copyfile(parent.onnx_path, tmp / FP32_GRAPH_FILE)  # a copy: never a link into its parent
+        manifest[FP32_GRAPH] = {"file": FP32_GRAPH_FILE, "sha256": parent_sha}
         manifest = with_hash(manifest, file_sha256(tmp / ONNX_FILE))
         (tmp / MANIFEST_FILE).write_text(dumps(manifest))
-        for leftover in tmp.glob("*"):  # the calibrator's augmented model and its data, if any
-            if leftover.name not in (ONNX_FILE, MANIFEST_FILE):
-                leftover.unlink()
     return manifest

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ddpm_rt.errors import first_line
-from ddpm_rt.fsutil import atomic_write_text, cache_root
+from ddpm_rt.fsutil import atomic_write_text, cache_root, json_key
+from ddpm_rt.runtime.agreement import agreement
 from ddpm_rt.runtime.loop import initial_noise
 
 PROBE_STEPS = 10
@@ -55,9 +56,8 @@ def probe_key(backend: str) -> dict[str, Any]:
 
 
 def _path(key: dict[str, Any]) -> Path:
-    import hashlib
 
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    digest = json_key(key, 20)
     return cache_root() / PROBE_DIR / f"{key['backend']}-{digest}.json"
 
 
@@ -82,10 +82,9 @@ def compare(candidate: Any, reference: Any, plan: Any, sample_shape: tuple[int, 
     x_init = initial_noise((PROBE_BATCH, *sample_shape), np.random.default_rng(0))
     ref = reference.sample(plan, x_init)
     got = candidate.sample(plan, x_init)
-    rms = float(np.sqrt(np.mean((got.astype(np.float64) - ref) ** 2)))
-    scale = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))) or 1.0
-    return {"rel_rms": rms / scale, "max_abs": float(np.max(np.abs(got - ref))),
-            "tolerance": TOLERANCE, "ok": bool(rms / scale <= TOLERANCE), "steps": plan.steps}
+    a = agreement(got, ref)  # the comparison every check shares (runtime.agreement)
+    return {"rel_rms": a.rel_rms, "max_abs": a.max_abs, "tolerance": TOLERANCE,
+            "ok": bool(a.rel_rms <= TOLERANCE), "steps": plan.steps}
 
 
 def run_probe(backend: str, open_candidate: Any, open_reference: Any, plan: Any,

@@ -18,7 +18,7 @@ import numpy as np
 from ddpm_rt.editing import Edit
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.plan import SamplingPlan
-from ddpm_rt.runtime.guard import FiniteGuard, check_finite
+from ddpm_rt.runtime.finite import FiniteCheck, check_finite
 from ddpm_rt.runtime.guidance import Guidance, GuidedModel
 from ddpm_rt.runtime.loop import ModelFn, ProgressFn, sample_loop
 
@@ -95,7 +95,7 @@ class Backend:
         if guidance is not None:
             model = GuidedModel(self, guidance, x_init.shape[0], tuple(x_init.shape[1:]))
         if not allow_nonfinite:
-            model = FiniteGuard(model, plan.model_calls, self.name)
+            model = FiniteCheck(model, plan.model_calls, self.name)
         return sample_loop(model, plan, x_init, noise=noise, rng=rng, progress=progress, edit=edit)
 
     @property

@@ -1,6 +1,6 @@
 """How the two halves of classifier-free guidance run fastest on this machine: one call of 2B or
 two calls of B — measured once per (bundle, backend, precision, batch, CPU, versions), then cached
-beside the backend ranking (`runtime.selection`)."""
+beside the backend ranking (`runtime.verdicts`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ddpm_rt.precision import cpu_capabilities
-from ddpm_rt.runtime import selection
+from ddpm_rt.runtime import verdicts
 from ddpm_rt.runtime.backend import Backend, BackendOptions
 
 if TYPE_CHECKING:
@@ -59,9 +59,9 @@ def choose_mode(bundle: Bundle, backend: str, options: BackendOptions, batch: in
     """(the faster mode, its record) for guided sampling of `bundle` on `backend` at `batch` (cached)."""
     fields = {"format": CFG_FORMAT, "bundle_sha256": bundle.onnx_sha256, "backend": backend,
               "precision": options.precision, "threads": options.threads, "batch": batch,
-              "cpu": cpu_capabilities().key(), "versions": selection.runtime_versions()}
-    path = selection.cache_dir_for(bundle, cache_dir) / f"cfg-{selection._key(fields)}.json"
-    hit = selection._read(path, fields)
+              "cpu": cpu_capabilities().key(), "versions": verdicts.runtime_versions()}
+    path = verdicts.cache_dir_for(bundle, cache_dir) / f"cfg-{verdicts.key(fields)}.json"
+    hit = verdicts.read(path, fields)
     if hit is not None:
         return hit["result"]["mode"], {**hit["result"], "cached": True}
     if log is not None:
@@ -69,5 +69,5 @@ def choose_mode(bundle: Bundle, backend: str, options: BackendOptions, batch: in
     timings = measure(bundle, batch, opener)
     mode = min(timings, key=timings.__getitem__)
     result = {"mode": mode, "ms_per_step": timings}
-    selection._write(path, fields, result)
+    verdicts.write(path, fields, result)
     return mode, {**result, "cached": False}

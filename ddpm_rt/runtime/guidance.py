@@ -16,7 +16,7 @@ Classifier guidance (Dhariwal & Nichol 2021, eq. 14 in epsilon form), after CFG:
 The two CFG halves run as one call of batch 2B (x and t repeated, the conditioning inputs
 [labels; null] filled once) or as two calls of batch B (the conditioning buffer refilled in
 place between them); `mode` says which, the command layer measures which is faster
-(`runtime.selection`). Every buffer is allocated when the wrapper is made; a call allocates no
+(`runtime.cfg_mode`). Every buffer is allocated when the wrapper is made; a call allocates no
 array (rescale's per-sample standard deviations aside: a few floats).
 """
 

@@ -14,7 +14,6 @@ only when both match, so a stale or half-written file is never loaded. Writes ar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from ddpm_rt.fsutil import (
     clean_stale_temps,
     file_lock,
     file_sha256,
+    json_key,
     writable_dir,
 )
 
@@ -66,8 +66,7 @@ class CacheEntry:
 
     @property
     def key(self) -> str:
-        blob = json.dumps(self.fields, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:24]
+        return json_key(self.fields)
 
     @property
     def model_path(self) -> Path:

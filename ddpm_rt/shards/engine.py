@@ -129,7 +129,7 @@ def prepare_job(
     if REGISTRY[choice.name].artifact != "bundle":
         raise ConfigError(f"sharded runs open a bundle on every worker; --backend {choice.name} runs a PyTorch "
                           "module, use ort (or another bundle backend)")
-    bundle = bundle_for(src)
+    bundle = choice.bundle or bundle_for(src)  # an int8 bundle's fp32 graph when fp32 won
     spec = bundle.spec  # the manifest's own spec
     checked = None
     if spec.conditioning:

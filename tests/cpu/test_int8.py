@@ -56,7 +56,9 @@ def test_bundle_is_complete_and_names_its_parent(bundles):
     assert m["quantization"]["kept_float"] == {"first_conv": 1, "last_conv": 1, "attention": 6}
     assert m["quantization"]["calibration"]["records"] == 10  # one 10-step trajectory
     assert m["spec"] == load_bundle(fp32).manifest["spec"]
-    assert not [p.name for p in q.iterdir() if p.name not in ("denoiser.onnx", "ddpm_rt.json")]
+    assert sorted(p.name for p in q.iterdir()) == ["ddpm_rt.json", "denoiser.onnx", "denoiser_fp32.onnx"]
+    assert m["fp32_graph"]["sha256"] == m["parent"]["onnx_sha256"]  # it carries its parent's graph
+    assert sha256_file(q / "denoiser_fp32.onnx") == m["parent"]["onnx_sha256"]
 
 
 def test_sensitive_layers_stay_float(bundles):

@@ -1,6 +1,6 @@
-"""The non-finite guard: NaN/inf in a sampling run is an error, found early and named by step.
+"""The non-finite check: NaN/inf in a sampling run is an error, found early and named by step.
 
-`FiniteGuard` sits in front of a host denoiser call like any ``(x, t) -> out`` callable.
+`FiniteCheck` sits in front of a host denoiser call like any ``(x, t) -> out`` callable.
 At a bounded number of evenly spaced steps (`CHECKS`, plus the first) it checks the sample
 going in and the model output coming out; `check_finite` checks the final sample of every
 backend, device loops and fused graphs included. A check is one float64 reduction
@@ -36,7 +36,7 @@ def check_finite(samples: np.ndarray, steps: int, backend: str) -> None:
         )
 
 
-class FiniteGuard:
+class FiniteCheck:
     """Wraps ``model(x, t)``; raises `NonFiniteError` at the first checked step that is not finite."""
 
     def __init__(self, model: Callable[[np.ndarray, np.ndarray], np.ndarray], steps: int,
