@@ -50,8 +50,11 @@ def _side(spec: str) -> tuple[dict[str, str], list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", required=True)
-    ap.add_argument("--after", required=True)
+    ap.add_argument("--before", default=None)
+    ap.add_argument("--after", default=None)
+    ap.add_argument("--side", action="append", default=[], metavar="LABEL::PYTHON",
+                    help="an installation to time (repeatable), e.g. 'core install::/venv/bin/python'")
+    ap.add_argument("--stem", default="lean_runtime", help="result file name in benchmarks/results")
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--label-before", default="before")
@@ -59,18 +62,24 @@ def main() -> None:
     args = ap.parse_args()
     from ddpm_rt.machine import cpu_model, load_average
 
-    sides = {args.label_before: _side(args.before), args.label_after: _side(args.after)}
+    sides = {label: _side(spec) for label, spec in (s.split("::", 1) for s in args.side)}
+    if args.before and args.after:
+        sides = {args.label_before: _side(args.before), args.label_after: _side(args.after), **sides}
+    if len(sides) < 2:
+        raise SystemExit("give at least two installations (--before/--after or --side)")
     results: dict[str, dict[str, list[float]]] = {k: {"wall_s": [], "peak_rss_mb": []} for k in sides}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (extra, prefix) in sides.items():
             env = {**os.environ, **extra, "DDPM_RT_CACHE": str(Path(tmp) / label)}
-            cmd = [*prefix, "-m", "ddpm_rt.cli", "sample", str(args.bundle.resolve()), "--steps", "1",
+            source = str(args.bundle.resolve()) if args.bundle.exists() else str(args.bundle)  # or a built-in name
+            cmd = [*prefix, "-m", "ddpm_rt.cli", "sample", source, "--steps", "1",
                    "--batch", "1", "--out", str(Path(tmp) / f"{label}.npy")]
             sides[label] = (env, cmd)
             _run(cmd, env)  # warm the caches (ORT's optimized graph, the OS file cache)
         load_before = load_average()
         for r in range(args.runs):
-            for label, (env, cmd) in (list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]):
+            order = list(sides.items())
+            for label, (env, cmd) in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
                 wall, rss = _run(cmd, env)
                 results[label]["wall_s"].append(wall)
                 results[label]["peak_rss_mb"].append(rss)
@@ -81,7 +90,7 @@ def main() -> None:
            "bundle": str(args.bundle), "runs": args.runs, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
            "commands": {k: shlex.join(c) for k, (_, c) in sides.items()}, "summary": summary, "raw": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lean_runtime.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{args.stem}.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = ["# Runtime start-up: `ddpm-rt sample BUNDLE --steps 1 --batch 1`, warm cache", "",
              f"CPU: {out['cpu']}; load average before/after: {load_before} / {out['loadavg_after']}; "
              f"{args.runs} interleaved runs each; {out['date']}", "",
@@ -91,7 +100,7 @@ def main() -> None:
         lines.append(f"| {k} | {w['median']:.2f} ({w['min']:.2f}–{w['max']:.2f}) | "
                      f"{r['median']:.0f} ({r['min']:.0f}–{r['max']:.0f}) |")
     lines += ["", "Commands:", ""] + [f"- {k}: `{c}`" for k, c in out["commands"].items()]
-    (RESULTS / "lean_runtime.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

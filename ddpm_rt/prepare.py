@@ -92,7 +92,7 @@ def _gpu_verdict(name: str, source: ModelSource, cache_dir: Path | None, log: Lo
 
 def choose_backend(name: str, source: ModelSource, cache_dir: Path | None = None,
                    log: LogFn | None = None, *, batch: int = 1, precision: str | None = None,
-                   threads: int | None = None, allow_inexact: bool = False) -> Choice:
+                   threads: int | None = None, allow_inexact: bool = False, calls: int | None = None) -> Choice:
     """The backend and precision to run `source` with.
 
     An explicit `name` is checked and kept; a reduced `precision` on a CPU backend must pass the
@@ -147,8 +147,9 @@ def choose_backend(name: str, source: ModelSource, cache_dir: Path | None = None
     ranked = ranking.rank(fp32, batch, candidates, budget_s=RANK_BUDGET_S, threads=threads, log=log)
     if log is not None and not ranked.cached:
         log(f"auto: {ranked.backend} {ranked.precision} (cached: the next run starts right away)")
-    chosen = int8 if ranked.precision == Precision.INT8.value else fp32
-    return Choice(ranked.backend, ranked.reason + note, ranked.precision, chosen)
+    backend, prec, short = ranked.for_calls(calls)  # a short run may not repay opening the fastest
+    chosen = int8 if prec == Precision.INT8.value else fp32
+    return Choice(backend, ranked.reason + short + note, prec, chosen)
 
 
 RANK_BUDGET_S = 2.0  # seconds of timed calls shared by the candidates, once per machine and batch

@@ -116,7 +116,7 @@ def sample(
     with open_run(src, backend, chunk=chunk, batch=batch, precision=precision, threads=threads,
                   allow_inexact=allow_inexact, cuda_graph=cuda_graph, cond=cond, guidance_scale=guidance,
                   guidance_rescale=guidance_rescale, classifier_scale=classifier_scale,
-                  guidance_mode=guidance_mode, log=log) as run:
+                  guidance_mode=guidance_mode, calls=spec.plan(sampler_spec).model_calls, log=log) as run:
         if backend == "auto":
             log(f"backend: auto chose {run.name} {run.choice.precision} ({run.choice.reason})")
         t_open = time.perf_counter() - t0

@@ -33,11 +33,11 @@ def runtime_versions() -> dict[str, str | None]:
 
     import ddpm_rt
 
-    try:
-        import openvino
+    import importlib.metadata
 
-        ov_version: str | None = openvino.__version__
-    except ImportError:
+    try:  # the installed distribution's version: importing openvino costs ~0.1-0.2 s
+        ov_version: str | None = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
         ov_version = None
     return {"ddpm_rt": getattr(ddpm_rt, "__version__", "unknown"), "onnxruntime": onnxruntime.__version__,
             "openvino": ov_version, "numpy": np.__version__}

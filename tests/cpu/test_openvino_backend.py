@@ -214,20 +214,23 @@ def test_bf16_runs_close_to_f32(digits, tmp_path):
 
 
 def test_unavailable_reason_names_the_extra(monkeypatch):
-    import builtins
+    import importlib.util
 
     from ddpm_rt.runtime import openvino_backend as ovb
 
-    real = builtins.__import__
-
-    def no_openvino(name, *a, **k):
-        if name == "openvino" or name.startswith("openvino."):
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
     reason = ovb.OpenVinoBackend.unavailable_reason()
     assert reason and "pip install 'ddpm-rt[openvino]'" in reason and "\n" not in reason
+
+
+def test_asking_whether_openvino_can_run_does_not_import_it():
+    import subprocess
+    import sys
+
+    code = ("import sys; from ddpm_rt.runtime.openvino_backend import OpenVinoBackend; "
+            "assert OpenVinoBackend.unavailable_reason() is None; print('openvino' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_importing_ddpm_rt_does_not_import_openvino():

@@ -232,3 +232,12 @@ def test_no_candidates_is_a_config_error(digits):
     with pytest.raises(ConfigError, match="no candidates"):
         ranking.rank(digits, 1, [])
     assert Path(digits.onnx_path).is_file()
+
+
+def test_a_short_run_keeps_the_reference_when_opening_the_fastest_costs_more():
+    r = ranking.Ranking("openvino", "bf16", "why", {"openvino bf16": 1.0, "ort fp32": 5.0},
+                        open_ms={"openvino bf16": 200.0, "ort fp32": 10.0})
+    assert r.for_calls(None)[:2] == ("openvino", "bf16")
+    backend, precision, why = r.for_calls(1)  # 10 + 5 ms against 200 + 1 ms
+    assert (backend, precision) == ("ort", "fp32") and "quicker end to end" in why
+    assert r.for_calls(1000)[:2] == ("openvino", "bf16")  # 5010 ms against 1200 ms
