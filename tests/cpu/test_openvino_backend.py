@@ -130,7 +130,9 @@ def test_no_allocation_per_step(tmp_path):
                 be(x, t)
             grown[calls] = tracemalloc.get_traced_memory()[1] - base
             tracemalloc.stop()
-        assert grown[200] <= grown[20] + 512 and grown[200] < x.nbytes // 4, grown
+        # a per-call array would add >= 16 KiB per call; on some runs (seen on a Xeon with AMX) the
+        # traced size creeps by a few bytes per call inside OpenVINO's Python layer: bounded at 16 B/call
+        assert grown[200] <= grown[20] + 180 * 16 and grown[200] < x.nbytes // 4, grown
 
 
 def _swissroll_bundle(path: Path, seed: int) -> Bundle:

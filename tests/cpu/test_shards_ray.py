@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from ddpm_rt.errors import ConfigError, DdpmRtError
+from ddpm_rt.errors import BundleError, DdpmRtError
 from ddpm_rt.shards import LocalExecutor, ShardStore, run_shards
 from tests.helpers.shards import export_tiny_bundle, job_for, read_all
 
@@ -76,10 +76,14 @@ def test_worker_killed_mid_shard_is_retried(cluster, bundle, reference, tmp_path
     assert read_all(tmp_path / "out").tobytes() == read_all(ref_out).tobytes()
 
 
-def test_worker_error_is_raised_as_ours_in_one_line(cluster, bundle, tmp_path):
-    """A typed error inside an actor (here: ort cannot run fp16) reaches the driver as itself."""
-    job = job_for(bundle, num=16, precision="fp16")
-    with pytest.raises(ConfigError, match="fp32") as e:
+def test_worker_error_is_raised_as_ours_in_one_line(cluster, tmp_path):
+    """A typed error inside an actor (here: the bundle changed on disk after the driver checked it)
+    reaches the driver as itself, in one line. (ort + fp16 is refused by the driver since the
+    quality guard moved into prepare, so it no longer reaches an actor.)"""
+    own = export_tiny_bundle(tmp_path / "tiny")
+    job = job_for(own, num=16)
+    (own / "denoiser.onnx").write_bytes(b"not an onnx graph")  # the actor's hash check fails
+    with pytest.raises(BundleError, match="sha256|hash|changed") as e:
         run_shards(job, tmp_path / "out", RayExecutor(workers=1, max_restarts=0))
     assert "\n" not in str(e.value)
 
