@@ -24,7 +24,7 @@ def colour_digits32(seed: int) -> np.ndarray:
     """[N, 3, 32, 32] float32 in [-1, 1]: every digit at 32×32, tinted by a random RGB colour."""
     from sklearn.datasets import load_digits
 
-    from ddpm_rt.train.datasets import upscale_digits
+    from ddpm_rt.datasets import upscale_digits
 
     gray = (upscale_digits(load_digits().images, 32) + 1.0) / 2.0  # [N, 1, 32, 32] in [0, 1]
     tint = np.random.default_rng(seed).uniform(0.2, 1.0, (gray.shape[0], 3, 1, 1))

@@ -47,13 +47,13 @@ def main() -> None:
     args = p.parse_args()
 
     from ddpm_rt.bench.machine import environment
+    from ddpm_rt.datasets import load_dataset
     from ddpm_rt.editing import make_edit, start_for_strength
     from ddpm_rt.fsutil import atomic_write_text
     from ddpm_rt.plan import SamplerSpec
     from ddpm_rt.runtime.loop import initial_noise
     from ddpm_rt.sampling import open_run
     from ddpm_rt.sources import resolve_source
-    from ddpm_rt.train.datasets import load_dataset
 
     ds = load_dataset("digits16")
     images, labels = ds.train[: args.n], ds.train_labels[: args.n]

@@ -6,10 +6,12 @@ passes `--allow-pickle`, and then read with `torch.load(weights_only=True)` only
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ddpm_rt.errors import SourceError, first_line
+from ddpm_rt.fsutil import atomic_write, atomic_write_text
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 SAFE_SUFFIXES = (".safetensors",)
@@ -64,3 +66,23 @@ def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.T
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise SourceError(f"{path} does not hold a state dict of tensors")
     return obj
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(flat, str(tmp)), what="weights directory")
+
+
+def save_json(obj: dict[str, Any], path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", what="weights directory")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return read_state_dict(path)
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into `module`; SourceError if names or shapes differ."""
+    load_state_checked(module, read_tensors(path), path)

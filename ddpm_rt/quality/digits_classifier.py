@@ -49,7 +49,7 @@ def _shift(x: Tensor, gen: torch.Generator) -> Tensor:
 
 def train_classifier(steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> tuple[DigitsClassifier, dict]:
     """Train on the digits16 training split; returns the model and {held-out accuracy, ...}."""
-    from ddpm_rt.train.datasets import load_dataset
+    from ddpm_rt.datasets import load_dataset
 
     ds = load_dataset("digits16")
     assert ds.train_labels is not None and ds.heldout_labels is not None
@@ -78,7 +78,7 @@ def train_classifier(steps: int = 1500, batch_size: int = 128, lr: float = 2e-3,
 
 
 def save_classifier(model: DigitsClassifier, info: dict, out: Path = ASSET_DIR) -> None:
-    from ddpm_rt.train.checkpoint import save_json, save_tensors
+    from ddpm_rt.weights import save_json, save_tensors
 
     save_tensors(model.state_dict(), out / "model.safetensors")
     save_json(info, out / "config.json")
@@ -87,7 +87,7 @@ def save_classifier(model: DigitsClassifier, info: dict, out: Path = ASSET_DIR) 
 @functools.lru_cache(maxsize=1)
 def load_classifier() -> DigitsClassifier:
     """The shipped classifier in eval mode."""
-    from ddpm_rt.train.checkpoint import load_weights
+    from ddpm_rt.weights import load_weights
 
     path = ASSET_DIR / "model.safetensors"
     if not path.is_file():

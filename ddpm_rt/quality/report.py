@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_rt.datasets import DATASETS, load_dataset
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.quality.distances import (
     energy_distance,
@@ -20,7 +21,6 @@ from ddpm_rt.quality.distances import (
     mean_pairwise_distance,
     sliced_wasserstein,
 )
-from ddpm_rt.train.datasets import DATASETS, load_dataset
 
 REFERENCE_SEED = 1234
 REFERENCE_DRAWS = 5

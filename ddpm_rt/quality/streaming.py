@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_rt.datasets import load_dataset
 from ddpm_rt.errors import ConfigError
 from ddpm_rt.quality.distances import (
     mean_nearest_distance,
@@ -30,7 +31,6 @@ from ddpm_rt.quality.distances import (
 )
 from ddpm_rt.quality.report import digits_report, points_report, resolve_dataset
 from ddpm_rt.shards.store import open_complete
-from ddpm_rt.train.datasets import load_dataset
 
 SW_RESERVOIR = 10_000
 RESERVOIR_SEED = 4321

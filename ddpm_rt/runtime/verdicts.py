@@ -29,11 +29,11 @@ def cache_dir_for(bundle: Bundle, override: str | Path | None = None) -> Path:
 
 
 def runtime_versions() -> dict[str, str | None]:
+    import importlib.metadata
+
     import onnxruntime
 
     import ddpm_rt
-
-    import importlib.metadata
 
     try:  # the installed distribution's version: importing openvino costs ~0.1-0.2 s
         ov_version: str | None = importlib.metadata.version("openvino")

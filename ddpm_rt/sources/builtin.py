@@ -18,7 +18,7 @@ UNTRAINED_SEED = 0
 def load_shipped(name: str) -> torch.nn.Module:
     """The built-in `name` with its shipped trained weights, in eval mode."""
     from ddpm_rt.errors import SourceError
-    from ddpm_rt.train.checkpoint import load_weights
+    from ddpm_rt.weights import load_weights
 
     model = catalog.get_builtin(name)
     if not catalog.has_shipped_weights(name):

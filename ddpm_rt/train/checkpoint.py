@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddpm_rt.errors import SourceError
-from ddpm_rt.fsutil import atomic_write, atomic_write_text
 from ddpm_rt.spec import DiffusionSpec
+from ddpm_rt.weights import load_weights
 
 if TYPE_CHECKING:
     import torch
@@ -24,30 +24,6 @@ if TYPE_CHECKING:
 FORMAT = "ddpm-rt-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "config.json"
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(flat, str(tmp)), what="checkpoint directory")
-
-
-def save_json(obj: dict[str, Any], path: Path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n", what="checkpoint directory")
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from ddpm_rt.weights import read_state_dict
-
-    return read_state_dict(path)
-
-
-def load_weights(module: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors state dict into `module`; SourceError if names or shapes differ."""
-    from ddpm_rt.weights import load_state_checked
-
-    load_state_checked(module, read_tensors(path), path)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

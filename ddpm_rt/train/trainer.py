@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddpm_rt import weights
+from ddpm_rt.datasets import load_dataset
 from ddpm_rt.errors import ConfigError, Interrupted
 from ddpm_rt.fsutil import signals_deferred
 from ddpm_rt.schedule import forward_coefficients, interp_levels
 from ddpm_rt.spec import DiffusionSpec
 from ddpm_rt.train import checkpoint as ck
-from ddpm_rt.train.datasets import load_dataset
 
 
 def machine() -> str:
@@ -195,9 +196,9 @@ def train(
     ema = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
-        state = ck.read_tensors(out / ck.STATE_FILE)
+        state = weights.read_tensors(out / ck.STATE_FILE)
         model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-        ck.load_weights(ema, out / ck.MODEL_FILE)
+        weights.load_weights(ema, out / ck.MODEL_FILE)
         ck.restore_optimizer(opt, state)
         if "rng.torch" in state:
             gen.set_state(state["rng.torch"])
@@ -213,12 +214,12 @@ def train(
             _save(step, wall)
 
     def _save(step: int, wall: float) -> None:
-        ck.save_tensors(ema.state_dict(), out / ck.MODEL_FILE)
+        weights.save_tensors(ema.state_dict(), out / ck.MODEL_FILE)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors |= ck.optimizer_tensors(opt)
         tensors["rng.torch"] = gen.get_state()
-        ck.save_tensors(tensors, out / ck.STATE_FILE)
-        ck.save_json({
+        weights.save_tensors(tensors, out / ck.STATE_FILE)
+        weights.save_json({
             "format": ck.FORMAT,
             "format_version": ck.FORMAT_VERSION,
             "kind": kind,

@@ -12,9 +12,9 @@ import json
 import numpy as np
 
 from ddpm_rt.bench.quality_sweep import SweepConfig, plot, quality_sweep, retime, to_markdown
+from ddpm_rt.datasets import load_dataset
 from ddpm_rt.quality import report as quality
 from ddpm_rt.quality.distances import sliced_wasserstein
-from ddpm_rt.train.datasets import load_dataset
 
 
 def _small_report(model: str, samples: np.ndarray) -> dict:

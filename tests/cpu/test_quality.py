@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from ddpm_rt.commands.quality import quality as quality_command
+from ddpm_rt.datasets import load_dataset
 from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.models.catalog import BUILTIN, has_shipped_weights
 from ddpm_rt.quality.digits_classifier import features_and_probs
 from ddpm_rt.quality.report import format_report, quality_report
 from ddpm_rt.quality.sampling import sample_module
 from ddpm_rt.sources.builtin import load_shipped
-from ddpm_rt.train.datasets import load_dataset
 
 # (model, sampler steps, samples, metric, max trained/untrained, max FD ratio to real-vs-real):
 # few steps and samples keep this file fast; the bounds sit well above the figures measured

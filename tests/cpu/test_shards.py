@@ -269,9 +269,9 @@ def assert_same_report(streamed: dict, in_memory: dict, rel: float = 1e-9) -> No
 
 
 def test_streamed_digits_report_equals_the_in_memory_one(tmp_path, monkeypatch):
+    from ddpm_rt.datasets import load_dataset
     from ddpm_rt.quality import streaming
     from ddpm_rt.quality.report import quality_report
-    from ddpm_rt.train.datasets import load_dataset
 
     images = load_dataset("digits16").train[-300:].astype(np.float32)
     images[:5] *= 1.5  # some out-of-range pixels, so that count is exercised
@@ -348,7 +348,7 @@ def test_quality_command_reads_a_shard_directory(tmp_path, capsys):
     import json
 
     from ddpm_rt.commands.quality import quality as quality_command
-    from ddpm_rt.train.datasets import load_dataset
+    from ddpm_rt.datasets import load_dataset
 
     out = write_shard_dir(tmp_path / "d", load_dataset("digits16").train[:64].astype(np.float32), 16)
     quality_command(out, dataset="digits", json_out=True)

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ddpm_rt.commands.train import train as train_command
+from ddpm_rt.datasets import load_dataset
 from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.models.catalog import BUILTIN
 from ddpm_rt.train.checkpoint import load_checkpoint
-from ddpm_rt.train.datasets import load_dataset
 from ddpm_rt.train.trainer import TrainConfig, train
 
 # tiny variants of each built-in so a few dozen steps take about a second

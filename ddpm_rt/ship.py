@@ -4,7 +4,7 @@ assets/<name>/{model.safetensors, config.json, MODEL_CARD.md}.
 Shipped weights are the checkpoint's EMA weights stored as float16 (loaded as float32) to keep
 the wheel small; the quality figures are measured on exactly those rounded weights.
 
-    python -m ddpm_rt.train.ship digits /tmp/train/digits --samples 1000
+    python -m ddpm_rt.ship digits /tmp/train/digits --samples 1000
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ddpm_rt import weights
 from ddpm_rt.models.catalog import get_builtin, shipped_dir
 from ddpm_rt.quality.report import quality_report
 from ddpm_rt.quality.sampling import sample_module
@@ -74,12 +75,12 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
     baseline = measure(name, untrained, n, steps_list[0], seed)
 
     out = shipped_dir(name)
-    ck.save_tensors(state16, out / ck.MODEL_FILE)
+    weights.save_tensors(state16, out / ck.MODEL_FILE)
     shipped_cfg = {k: v for k, v in cfg.items() if k != "loss_history"}
     shipped_cfg["weights_dtype"] = "float16"
     shipped_cfg["quality"] = trained
     shipped_cfg["quality_untrained"] = baseline
-    ck.save_json(shipped_cfg, out / ck.CONFIG_FILE)
+    weights.save_json(shipped_cfg, out / ck.CONFIG_FILE)
 
     tr = cfg["train"]
     command = cfg.get("command") or (
