@@ -51,3 +51,20 @@ def write(stem: str, result: dict[str, Any], title: str, notes: list[str], out: 
 
 def row(result: dict[str, Any], backend: str, batch: int) -> dict[str, Any] | None:
     return next((r for r in result["results"] if r["backend"] == backend and r["batch"] == batch), None)
+
+
+def labelled_strips(rows: dict[str, Any], path: Path, data_range: tuple[float, float], label_w: int = 150) -> None:
+    """A PNG of one labelled row of images per entry of `rows` (name -> array [n, C, H, W])."""
+    from PIL import Image, ImageDraw
+
+    from ddpm_rt.output import image_grid
+
+    grids = [(name, image_grid(a, data_range, cols=len(a))[..., 0]) for name, a in rows.items()]
+    img = Image.new("L", (label_w + grids[0][1].shape[1], sum(g.shape[0] for _, g in grids)), 255)
+    draw = ImageDraw.Draw(img)
+    y = 0
+    for name, g in grids:
+        img.paste(Image.fromarray(g), (label_w, y))
+        draw.text((4, y + g.shape[0] // 2 - 6), name, fill=0)
+        y += g.shape[0]
+    img.save(path)

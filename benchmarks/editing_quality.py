@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_common import RESULTS, log
+from benchmarks.bench_common import RESULTS, labelled_strips, log
 
 
 def _judge(samples: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -98,8 +98,9 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "editing_quality.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out_dir / "editing_quality.md", _markdown(result))
-    _picture(images[:8], np.where(inpaint.mask[:8].astype(bool), images[:8], -1.0), pictures,
-             out_dir / "editing_quality.png", spec.data_range)
+    strips = {"original": images[:8], "known half": np.where(inpaint.mask[:8].astype(bool), images[:8], -1.0),
+              **pictures}
+    labelled_strips(strips, out_dir / "editing_quality.png", spec.data_range, label_w=130)
     log(f"wrote {out_dir / 'editing_quality'}.{{json,md,png}}")
 
 
@@ -129,26 +130,6 @@ def _markdown(r: dict[str, Any]) -> str:
         "plain replacement, RePaint.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _picture(originals: np.ndarray, masked: np.ndarray, rows: dict[str, np.ndarray], path: Path,
-             data_range: tuple[float, float]) -> None:
-    from PIL import Image, ImageDraw
-
-    from ddpm_rt.output import image_grid
-
-    strips = [("original", originals), ("known half", masked), *rows.items()]
-    grids = [image_grid(a, data_range, cols=len(a))[..., 0] for _, a in strips]
-    label_w = 130
-    h = sum(g.shape[0] for g in grids)
-    img = Image.new("L", (label_w + grids[0].shape[1], h), 255)
-    draw = ImageDraw.Draw(img)
-    y = 0
-    for (name, _), g in zip(strips, grids, strict=True):
-        img.paste(Image.fromarray(g), (label_w, y))
-        draw.text((4, y + g.shape[0] // 2 - 6), name, fill=0)
-        y += g.shape[0]
-    img.save(path)
 
 
 if __name__ == "__main__":
