@@ -57,10 +57,16 @@ class OrtDeviceBackend(DeviceLoopBackend):
         if options.threads:
             so.intra_op_num_threads = options.threads
         providers = self.providers(bundle, batch, options, None if stream is None else stream.cuda_stream)
-        try:
-            self.session = ort.InferenceSession(str(bundle.onnx_path), so, providers=providers)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
-            raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {first_line(e)}") from None
+        with self.session_lock(bundle, batch, options):  # the EP may write its own cache while it opens
+            try:
+                self.session = ort.InferenceSession(str(bundle.onnx_path), so, providers=providers)
+            except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
+                if not self.discard_own_cache(bundle, batch, options):
+                    raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {first_line(e)}") from None
+                try:  # a killed writer may have left a damaged engine: rebuilt once from scratch
+                    self.session = ort.InferenceSession(str(bundle.onnx_path), so, providers=providers)
+                except Exception as e2:  # noqa: BLE001
+                    raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {first_line(e2)}") from None
         self.contract = CONTRACT.for_spec(bundle.spec)
         check_session_io(self.session, bundle.spec.sample_shape, batch, str(bundle.onnx_path), self.contract)
         self._binding = self.session.io_binding()
@@ -82,6 +88,16 @@ class OrtDeviceBackend(DeviceLoopBackend):
     @classmethod
     def provider_options(cls, bundle: Bundle, batch: int, options: BackendOptions) -> dict[str, Any]:
         return {}
+
+    @classmethod
+    def session_lock(cls, bundle: Bundle, batch: int, options: BackendOptions) -> contextlib.AbstractContextManager:
+        """Held while the session opens: a provider that writes its own cache holds a file lock."""
+        return contextlib.nullcontext()
+
+    @classmethod
+    def discard_own_cache(cls, bundle: Bundle, batch: int, options: BackendOptions) -> bool:
+        """Remove a cache the provider wrote itself (True if there was one to remove)."""
+        return False
 
     @classmethod
     def providers(cls, bundle: Bundle, batch: int, options: BackendOptions, stream: int | None) -> list[Any]:
@@ -155,20 +171,46 @@ class OrtTensorRTBackend(OrtDeviceBackend):
     provider = "TensorrtExecutionProvider"
     precisions = ("fp32", "fp16")
 
-    @classmethod
-    def provider_options(cls, bundle: Bundle, batch: int, options: BackendOptions) -> dict[str, Any]:
-        from ddpm_rt.runtime import ort_cache
-
+    @staticmethod
+    def _profile(bundle: Bundle, batch: int) -> dict[str, str]:
         x_name, t_name = CONTRACT.x_name, CONTRACT.t_name
         dims = "x".join(str(d) for d in bundle.spec.sample_shape)
-        profile = {  # one optimisation profile: batch 1..B, tuned for B
+        return {  # one optimisation profile: batch 1..B, tuned for B
             "trt_profile_min_shapes": f"{x_name}:1x{dims},{t_name}:1",
             "trt_profile_opt_shapes": f"{x_name}:{batch}x{dims},{t_name}:{batch}",
             "trt_profile_max_shapes": f"{x_name}:{batch}x{dims},{t_name}:{batch}",
         }
-        entry = ort_cache.cache_entry(bundle.onnx_path, cls.provider, {"precision": options.precision, **profile},
-                                      options.cache_dir)
-        engines = Path(entry.directory) / f"trt-{entry.key}"
+
+    @classmethod
+    def _engine_dir(cls, bundle: Bundle, batch: int, options: BackendOptions) -> Path:
+        from ddpm_rt.runtime import ort_cache
+
+        entry = ort_cache.cache_entry(bundle.onnx_path, cls.provider,
+                                      {"precision": options.precision, **cls._profile(bundle, batch)}, options.cache_dir)
+        return Path(entry.directory) / f"trt-{entry.key}"
+
+    @classmethod
+    def session_lock(cls, bundle: Bundle, batch: int, options: BackendOptions) -> contextlib.AbstractContextManager:
+        """The EP writes its engine and timing cache itself (not atomically) while the session opens:
+        one process at a time per engine directory, the others wait and then load what it wrote."""
+        from ddpm_rt.fsutil import file_lock
+
+        return file_lock(cls._engine_dir(bundle, batch, options).with_suffix(".lock"), what="building this TensorRT engine")
+
+    @classmethod
+    def discard_own_cache(cls, bundle: Bundle, batch: int, options: BackendOptions) -> bool:
+        import shutil
+
+        engines = cls._engine_dir(bundle, batch, options)
+        if not engines.is_dir() or not any(engines.iterdir()):
+            return False
+        shutil.rmtree(engines, ignore_errors=True)
+        return True
+
+    @classmethod
+    def provider_options(cls, bundle: Bundle, batch: int, options: BackendOptions) -> dict[str, Any]:
+        profile = cls._profile(bundle, batch)
+        engines = cls._engine_dir(bundle, batch, options)
         engines.mkdir(parents=True, exist_ok=True)
         return {
             "trt_fp16_enable": options.precision == "fp16",

@@ -38,3 +38,28 @@ def test_device_resident_ort_matches_the_host_loop(model: str, sampler: str, ste
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(again, got)
     assert len(bound) == 1  # the loop's buffers are static: bound once, then only run
+
+
+def test_tensorrt_ep_engine_writes_are_serialised_and_a_damaged_cache_is_discarded(tmp_path) -> None:
+    """ORT's TensorRT EP writes its engine itself while a session opens: ddpm-rt holds a per-engine
+    file lock around the opening (a second process waits), and removes the EP's own cache once
+    when opening fails (a killed writer's half-written engine). The GPU opening itself is untested
+    here (no GPU); the lock and the discard are."""
+    import fcntl
+    import os
+
+    from ddpm_rt.gpu.ort_gpu import OrtTensorRTBackend
+
+    bundle = load_bundle(shipped_bundle("digits"))
+    options = BackendOptions(cache_dir=str(tmp_path), precision="fp16")
+    engines = OrtTensorRTBackend._engine_dir(bundle, 4, options)
+    assert OrtTensorRTBackend._engine_dir(bundle, 8, options) != engines  # keyed by the batch profile
+    with OrtTensorRTBackend.session_lock(bundle, 4, options):
+        fd = os.open(engines.with_suffix(".lock"), os.O_RDWR)
+        with pytest.raises(BlockingIOError):  # what another process would meet: it waits
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    assert not OrtTensorRTBackend.discard_own_cache(bundle, 4, options)  # nothing written yet
+    engines.mkdir(parents=True)
+    (engines / "model.engine").write_bytes(b"half an eng")
+    assert OrtTensorRTBackend.discard_own_cache(bundle, 4, options) and not engines.exists()
