@@ -40,7 +40,7 @@ def pipeline_folder(seed: int = 0) -> Path:
 
 def trained_folder(seed: int = 0, steps: int = 300) -> Path:
     """The random folder after `steps` brief DDPM training steps (cifar10_brief_training), made once."""
-    from cifar10_brief_training import train_folder
+    from benchmarks.cifar10_brief_training import train_folder
 
     folder = work_dir() / f"cifar10-ddpm-unet-hf-seed{seed}-trained{steps}"
     if not (folder / "unet" / "config.json").is_file():
