@@ -89,12 +89,16 @@ def _checked(loaded: list[tuple[str, np.ndarray]] | np.ndarray, kind: str, sampl
              data_range: tuple[float, float], num: int, mask_means: str, where: str) -> np.ndarray:
     """[1 or num, *sample_shape] (float32 image or bool mask), every entry checked as a single one."""
     flag = "--init" if kind == "image" else "--mask"
-    if isinstance(loaded, list):  # a directory: each file alone, named in its error
-        return np.concatenate([_one(a, kind, sample_shape, data_range, mask_means, f"{flag} {where}/{name}")
-                               for name, a in loaded])
-    single = loaded.ndim <= len(sample_shape)  # [*sample_shape], or a mask's [H, W] / [1, H, W]
-    if single:
-        return _one(loaded, kind, sample_shape, data_range, mask_means, f"{flag} {where}")
+    if isinstance(loaded, list):  # a directory: each file one sample, checked alone, named in its error
+        rows = []
+        for name, a in loaded:
+            if a.ndim > len(sample_shape):
+                raise ConfigError(f"{flag} {where}/{name} has shape {list(a.shape)}: a directory holds one "
+                                  f"sample {list(sample_shape)} per file (or give the stack as one .npy)")
+            rows.append(_one(a, kind, sample_shape, data_range, mask_means, f"{flag} {where}/{name}")[:1])
+        return np.concatenate(rows)
+    if loaded.ndim <= len(sample_shape):  # one for all: [*sample_shape], or a mask's [H, W] / [1, H, W]
+        return _one(loaded, kind, sample_shape, data_range, mask_means, f"{flag} {where}", batch=num)[:1]
     if loaded.ndim != len(sample_shape) + 1:
         raise ConfigError(f"{flag} {where} has shape {list(loaded.shape)}; give one sample "
                           f"{list(sample_shape)} or a stack [N, {', '.join(map(str, sample_shape))}]")
@@ -104,16 +108,18 @@ def _checked(loaded: list[tuple[str, np.ndarray]] | np.ndarray, kind: str, sampl
     if kind == "mask" and len(sample_shape) == 3 and loaded.shape[1] == 1:  # [N, 1, H, W]: every channel
         loaded = np.broadcast_to(loaded, (num, *sample_shape))
     try:  # the whole stack at once; on an error, find the first row that fails and name it
-        return _one(loaded, kind, sample_shape, data_range, mask_means, f"{flag} {where}", batch=num)
+        return np.ascontiguousarray(_one(loaded, kind, sample_shape, data_range, mask_means, f"{flag} {where}",
+                                         batch=num))
     except ConfigError:
         for i in range(num):
-            _one(loaded[i], kind, sample_shape, data_range, mask_means, f"{flag} {where}[{i}]")
+            _one(loaded[i], kind, sample_shape, data_range, mask_means, f"{flag} {where}[{i}]", batch=num)
         raise
 
 
 def _one(a: np.ndarray, kind: str, sample_shape: tuple[int, ...], data_range: tuple[float, float],
          mask_means: str, where: str, batch: int = 1) -> np.ndarray:
-    """`a` (one entry, or a [batch, ...] stack) checked by `make_edit` as [batch, *sample_shape]."""
+    """`a` (one entry, or a [batch, ...] stack) checked by `make_edit`: [batch, *sample_shape] (a
+    broadcast view for one entry; `batch` also names the stack shape in a shape error)."""
     try:
         if kind == "image":
             edit = make_edit(sample_shape, data_range, batch, a)
@@ -125,4 +131,4 @@ def _one(a: np.ndarray, kind: str, sample_shape: tuple[int, ...], data_range: tu
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     assert out is not None
-    return np.ascontiguousarray(out)
+    return out
