@@ -117,6 +117,24 @@ def test_sample_i_is_the_single_run_edit_of_image_i_with_its_own_stream(bundle, 
         backend.close()
 
 
+def test_ray_gives_the_in_process_edit_bytes(bundle, images, masks, references, tmp_path):
+    """Optional: the job (its images and masks with it) shipped to two Ray actors."""
+    ray = pytest.importorskip("ray")
+    from ddpm_rt.shards.ray_executor import RayExecutor
+
+    owns = not ray.is_initialized()
+    if owns:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        executor = RayExecutor(workers=2)
+        run_shards(edit_job(bundle, images, masks, "repaint", shard_size=8), tmp_path / "out", executor)
+    finally:
+        if owns:
+            ray.shutdown()
+    assert executor.stats.workers == 2
+    assert read_all(tmp_path / "out").tobytes() == references["repaint"].tobytes()
+
+
 class _DeviceLike:
     """A numpy model behind a 'device' backend: it gets the noise as arrays (`step_noise`), as trt does."""
 
@@ -266,20 +284,19 @@ def test_resume_with_other_inputs_is_refused_in_one_line(bundle, images, masks, 
 # -- the command line (the README's sharded editing commands, as written) ----------------
 
 
-README_COMMANDS = [
-    "sample digits --batch 16 --out digits.npy",
-    "sample digits --num 16 --init digits.npy --strength 0.5 --shard-size 8 --micro-batch 8 --out sdedit16",
-    "sample digits --num 16 --init digits.npy --mask top.npy --sampler ddim --steps 50 --eta 1 --out inpaint16",
-]
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_sharded_edit_commands_run_as_written(tmp_path):
+    commands = [ln.strip() for ln in README.read_text().splitlines()
+                if ln.strip().startswith("ddpm-rt sample digits --num") and "--init" in ln]
+    assert len(commands) == 2, commands
     env = {"DDPM_RT_CACHE": str(tmp_path / "cache")}
-    m = np.zeros((1, 16, 16), np.uint8)
+    m = np.zeros((1, 16, 16), np.uint8)  # the README's top.npy and digits.npy, made as it makes them
     m[:, :8] = 1
     np.save(tmp_path / "top.npy", m)
-    for command in README_COMMANDS:
-        proc = run_cli(*command.split(), "--backend", "ort", cwd=tmp_path, env=env)
+    for command in ["ddpm-rt sample digits --batch 16 --out digits.npy", *commands]:
+        proc = run_cli(*command.split()[1:], "--backend", "ort", cwd=tmp_path, env=env)
         assert proc.returncode == 0, (command, proc.stderr)
     digits = np.load(tmp_path / "digits.npy")
     inpainted = np.concatenate(list(iter_shards(tmp_path / "inpaint16")))
