@@ -281,6 +281,23 @@ def test_resume_with_other_inputs_is_refused_in_one_line(bundle, images, masks, 
     assert ("edit" in manifest) == (change != "edit on a noise run")
 
 
+def test_optional_identity_fields_survive_the_manifest_read_back(bundle, tmp_path):
+    """Conditioning and editing inputs are written to the manifest and compared after reading it
+    back (conditioning was once dropped on read, so a resume with other labels went unnoticed)."""
+    from ddpm_rt.shards import ShardStore
+
+    identity = job_for(bundle, num=8).identity()
+    labelled = {**identity, "conditioning": {"sha256": {"class": "a" * 64}, "guidance_scale": 2.0,
+                                             "guidance_rescale": 0.0}}
+    ShardStore(tmp_path).open_manifest(labelled, 8)
+    assert ShardStore(tmp_path).load_manifest().identity == labelled
+    ShardStore(tmp_path).open_manifest(labelled, 8)  # the same run resumes
+    other = {**labelled, "conditioning": {**labelled["conditioning"], "sha256": {"class": "b" * 64}}}
+    for changed in (other, identity):
+        with pytest.raises(ConfigError, match="other conditioning"):
+            ShardStore(tmp_path).open_manifest(changed, 8)
+
+
 # -- the command line (the README's sharded editing commands, as written) ----------------
 
 
