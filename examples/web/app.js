@@ -168,11 +168,14 @@ function fillGraphs() {
 }
 
 // auto: WebGPU on a real GPU adapter for the graphs it runs right; WASM otherwise, and on a software
-// (fallback) adapter such as SwiftShader, which emulates the GPU on the CPU ~100x slower than WASM
-function chooseEp(ep, history) {
+// (fallback) adapter such as SwiftShader, which emulates the GPU on the CPU ~100x slower than WASM.
+// An edit step splits its plan row into up to 12 + H coefficients (the edit adds kx, kn, qx, qn,
+// called), one storage buffer each plus the row: an adapter with fewer per shader stage refuses it.
+function chooseEp(ep, history, edit = false) {
   if (ep !== 'auto') return ep;
   const gpu = state.env.webgpu;
-  return gpu && !gpu.fallback && history <= WEBGPU_MAX_HISTORY ? 'webgpu' : 'wasm';
+  const buffersOk = !edit || (gpu?.storageBuffers ?? 0) >= 13 + history;
+  return gpu && !gpu.fallback && history <= WEBGPU_MAX_HISTORY && buffersOk ? 'webgpu' : 'wasm';
 }
 
 function setControl(el, value) {
@@ -321,7 +324,6 @@ async function runNow(options) {
   const graphKind = options.graph ?? ui.graph.value;
   const history = options.files ? (options.files.description.history?.depth ?? 0)
     : (currentModel()?.samplers.find((x) => x.name === ui.sampler.value)?.history ?? 0);
-  const ep = chooseEp(ui.ep.value, history);
   const threads = Number(ui.threads.value);
   if (!Number.isInteger(batch) || batch < 1) fail(`batch must be a positive integer, got ${ui.batch.value}`);
   if (!Number.isInteger(seed) || seed < 0) fail(`seed must be a non-negative integer, got ${ui.seed.value}`);
@@ -334,6 +336,7 @@ async function runNow(options) {
   const conditioning = desc ? (desc.conditioning ?? []) : (state.models.has(model) ? (m.conditioning ?? []) : []);
   const source = options.image !== undefined ? 'given' : ui.editSource.value;
   const editRun = source !== 'none';
+  const ep = chooseEp(ui.ep.value, history, editRun);
   let image = null;
   let mask = null;
   let start = 0;
@@ -431,7 +434,8 @@ async function detectWebGpu() {
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter) return null;
     const info = adapter.info ?? {};
-    return { vendor: info.vendor ?? '', architecture: info.architecture ?? '', fallback: info.isFallbackAdapter ?? false };
+    return { vendor: info.vendor ?? '', architecture: info.architecture ?? '', fallback: info.isFallbackAdapter ?? false,
+      storageBuffers: adapter.limits?.maxStorageBuffersPerShaderStage ?? 8 };
   } catch {
     return null;
   }

@@ -361,3 +361,31 @@ def test_webgpu_runs_graphs_with_a_history_of_two(gpu_browser, server, sampler, 
     assert "error" not in out and out["ep"] == "webgpu", out
     ref = SE.reference_loop(str(b.onnx_path), b.spec.plan(b.spec.sampler(3, sampler=sampler)), x_init, zeros)
     assert np.max(np.abs(out["array"] - ref)) <= 1e-3
+
+
+def test_webgpu_guided_graphs_and_edit_graphs(gpu_browser, server):
+    """A guided graph (the batch doubled inside) on WebGPU = the Python loop. An edit step graph splits its
+    plan row into 12+ coefficients (the edit adds kx, kn, qx, qn, called): more storage buffers than an
+    adapter with 10 per shader stage (SwiftShader) allows, which the page says in one line; `auto` keeps
+    edits on WASM there."""
+    b = server.store.models["tiny-cond"].bundle
+    x_init, noise = _cond_inputs(b, 6, 2, 41)
+    options = {"model": "tiny-cond", "sampler": "dpmpp-2m", "steps": 6, "graph": "step", "ep": "webgpu", "batch": 2,
+               "cond": {"class_labels": [2, 0]}, "guidance": 3}
+    out = run_page(gpu_browser, options, x_init, noise)
+    assert "error" not in out and out["ep"] == "webgpu", out
+    s = b.spec.sampler(6, sampler="dpmpp-2m")
+    extras = {"class_labels": np.array([2, 0], np.int64), "guidance_scale": np.array(3.0, np.float32),
+              "guidance_rescale": np.array(0.0, np.float32)}
+    ref = SE.reference_loop(str(b.onnx_path), b.spec.plan(s), x_init, noise, extras=extras,
+                            options=SE.graph_options(b.spec, s, edit=False))
+    assert np.max(np.abs(out["array"] - ref)) <= 1e-3
+    buffers = gpu_browser.evaluate("window.ddpmRt.env.webgpu.storageBuffers")
+    image = np.zeros((2, *b.spec.sample_shape), np.float32)
+    edit = {**options, "sampler": "ddim", "edit": {"start": 2, "mask": "left"}}
+    if buffers < 13:
+        refused = run_page(gpu_browser, edit, x_init, noise, image=image)
+        message = _message_after(gpu_browser, refused)
+        assert message.startswith("WebGPU refused a kernel of this graph at step 2 (The number of storage buffers")
+        assert message.endswith("choose WASM"), message
+    assert run_page(gpu_browser, {**edit, "ep": "auto"}, x_init, noise, image=image)["ep"] == "wasm"

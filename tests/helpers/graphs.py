@@ -57,7 +57,13 @@ def tiny_bundle(directory, spec, seed: int = 0):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     classes = next((c.num_classes for c in spec.conditioning if c.kind == "class"), None)
-    onnx.save(tiny_denoiser(tuple(spec.sample_shape), seed=seed, num_classes=classes), str(directory / ONNX_FILE))
+    model = tiny_denoiser(tuple(spec.sample_shape), seed=seed, num_classes=classes)
+    for node in model.graph.node:  # the attributes torch writes; onnxruntime-web's WebGPU Conv requires them
+        if node.op_type == "Conv":
+            node.attribute.extend([helper.make_attribute("dilations", [1, 1]),
+                                   helper.make_attribute("strides", [1, 1]),
+                                   helper.make_attribute("kernel_shape", [3, 3])])
+    onnx.save(model, str(directory / ONNX_FILE))
     m = build_manifest(source={"kind": "module", "ref": "tests:tiny"}, spec=spec.to_dict(),
                        io=CONTRACT.for_spec(spec).to_dict(tuple(spec.sample_shape)), opset=17, precision="fp32",
                        graph={}, parity=None, exporter="torchscript", versions={})
