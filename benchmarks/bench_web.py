@@ -28,8 +28,9 @@ guided step graph runs the U-Net once on 2B (conditional and null halves) and co
 u + w·(c − u). Against it: the plain digits step graph at B, same sampler, steps and inputs, in the
 same page and rounds, WASM at 1 and at `--threads` threads.
 
-Also takes the README's screenshot (docs/img/web_page.png): the page after a run of the
-shipped digits model from its own controls.
+Also takes the README's screenshot (docs/img/web_page.png; `--screenshot-only` for just that): the
+page after a run of the shipped digits model from its own controls, then "Edit the last result"
+keeping the left half.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SCREENSHOT = ROOT / "docs" / "img" / "web_page.png"
+SHOT_SIZE = (1280, 1150)  # the browser window: the controls, both panels and input | mask | result
 
 
 def log(msg: str) -> None:
@@ -88,6 +90,41 @@ def _browser_runner(browser: Any, options: dict[str, Any]):
         return out["array"], float(out["totalMs"]), [float(v) for v in out["stepMs"]]
 
     return run
+
+
+def take_screenshot(browser: Any, url: str, path: Path, threads: int) -> Path:
+    """The README's picture: digits sampled from the page's own controls, then "Edit the last result"
+    keeping the left half (input | mask | result)."""
+    from ddpm_rt.web.drive import click_sample, open_page
+
+    open_page(browser, url)
+    for run in ({"model": "digits", "ep": "auto", "threads": threads, "seed": 0},
+                {"button": "edit-last", "mask": "left", "strength": "0.8", "seed": 1}):
+        out = click_sample(browser, **run)
+        if "error" in out:
+            raise RuntimeError(out["error"])
+    shot = browser.screenshot(path)
+    log(f"wrote {shot}")
+    return shot
+
+
+def screenshot_only(args: argparse.Namespace) -> int:
+    from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.models.catalog import shipped_bundle
+    from ddpm_rt.web.chromium import Chromium
+    from ddpm_rt.web.graphs import GraphStore, WebModel
+    from ddpm_rt.web.page import ensure_page
+    from ddpm_rt.web.server import make_server, serve_in_thread
+
+    with tempfile.TemporaryDirectory(prefix="ddpm_rt_web_shot_") as tmp:
+        models = [WebModel(n, load_bundle(shipped_bundle(n)), f"builtin:{n}") for n in ("digits", "swissroll")]
+        server = make_server(GraphStore(models, cache_dir=Path(tmp), log=log), ensure_page(log=log), port=0)
+        serve_in_thread(server)
+        with Chromium(size=SHOT_SIZE) as browser:
+            take_screenshot(browser, server.url, Path(args.screenshot), args.threads)
+        server.shutdown()
+        server.server_close()
+    return 0
 
 
 def conditional_digits(bundle: Any, directory: Path, classes: int = 10, guidance: float = 3.0) -> Any:
@@ -232,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screenshot", default=str(SCREENSHOT), help="PNG path ('' to skip)")
     p.add_argument("--guided", action="store_true", help="only the guided vs unguided comparison (merged into "
                    "the results)")
+    p.add_argument("--screenshot-only", action="store_true", help="only the README's screenshot")
     p.add_argument("--guidance", type=float, default=3.0, help="w of the guided runs (--guided)")
     args = p.parse_args(argv)
     if args.guided:
         return guided(args)
+    if args.screenshot_only:
+        return screenshot_only(args)
 
     from ddpm_rt.bench.machine import environment, load_average
     from ddpm_rt.bundle.load import load_bundle
@@ -243,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_rt.fsutil import atomic_write_text
     from ddpm_rt.models.catalog import shipped_bundle
     from ddpm_rt.web.chromium import Chromium
-    from ddpm_rt.web.drive import click_sample, open_page
+    from ddpm_rt.web.drive import open_page
     from ddpm_rt.web.graphs import GraphRequest, GraphStore, WebModel
     from ddpm_rt.web.page import ensure_page
     from ddpm_rt.web.server import make_server, serve_in_thread
@@ -264,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_in_thread(server)
         graphs = {kind: store.graph(GraphRequest("digits", args.sampler, args.steps, kind))[0]
                   for kind in ("step", "loop")}
-        with Chromium(webgpu=not args.no_webgpu) as browser:
+        with Chromium(webgpu=not args.no_webgpu, size=SHOT_SIZE) as browser:
             browser_version = browser.send("Browser.getVersion")["product"]
             open_page(browser, server.url)
             page_env = browser.evaluate("window.ddpmRt.env")
@@ -305,14 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                     per_step += st
                     webgpu["max_abs_vs_python_loop"] = float(np.max(np.abs(out - ref)))
                 webgpu |= {"total": _stats(totals), "per_step": _stats(per_step)}
-            shot = None
-            if args.screenshot:
-                open_page(browser, server.url)
-                out = click_sample(browser, model="digits", ep="auto", threads=args.threads, seed=0)
-                if "error" in out:
-                    raise RuntimeError(out["error"])
-                shot = browser.screenshot(Path(args.screenshot))
-                log(f"wrote {shot}")
+            shot = take_screenshot(browser, server.url, Path(args.screenshot), args.threads) if args.screenshot else None
         server.shutdown()
         server.server_close()
 
