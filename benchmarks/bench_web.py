@@ -48,7 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SCREENSHOT = ROOT / "docs" / "img" / "web_page.png"
-SHOT_SIZE = (1280, 1150)  # the browser window: the controls, both panels and input | mask | result
+SHOT_SIZE = (1280, 1000)  # the browser window: the controls, both panels and input | mask | result
 
 
 def log(msg: str) -> None:

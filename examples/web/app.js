@@ -30,7 +30,7 @@ const ui = {
   rescale: $('rescale'), condNote: $('cond-note'), editSource: $('edit-source'), strength: $('strength'),
   strengthValue: $('strength-value'), mask: $('mask'), pad: $('pad'), padClear: $('pad-clear'), upload: $('upload'),
   editLast: $('edit-last'), figInput: $('fig-input'), figMask: $('fig-mask'), editInput: $('edit-input'),
-  editMask: $('edit-mask'), resultCaption: $('result-caption'),
+  editMask: $('edit-mask'), resultCaption: $('result-caption'), view: $('view'),
 };
 const MASKS = ['none', 'left', 'right', 'top', 'bottom'];
 const DEFAULT_BATCH = { image: 16, points: 1000 };
@@ -57,6 +57,7 @@ function showMessage(text) {
     ui.figInput.hidden = true;
     ui.figMask.hidden = true;
     ui.resultCaption.textContent = '';
+    ui.view.classList.remove('editing');
   }
 }
 
@@ -383,6 +384,7 @@ async function runNow(options) {
   ui.figInput.hidden = !editRun;
   ui.figMask.hidden = !editRun || result.shape.length !== 4;
   ui.resultCaption.textContent = editRun ? 'result' : '';
+  ui.view.classList.toggle('editing', editRun);
   if (editRun) { // input | mask | result
     drawSamples(ui.editInput, image, result.shape, dataRange, cols);
     if (result.shape.length === 4) drawSamples(ui.editMask, mask, result.shape, [0, 1], cols);
