@@ -253,7 +253,7 @@ def test_page_offers_classes_and_guidance_for_a_conditional_model(browser):
     assert "error" not in out, out
     assert out["array"].shape == (6, 1, 8, 8)  # 4 rounded up to 2 per class, 3 classes
     assert out["cond"] == {"class_labels": [0, 0, 1, 1, 2, 2]} and out["cols"] == 2 and out["guidance"] == 2.0
-    panel = browser.evaluate("""(() => ({hidden: document.getElementById('cond-panel').hidden,
+    panel = browser.evaluate("""(() => ({hidden: !document.getElementById('cond-panel').checkVisibility(),
       classes: [...document.getElementById('class').options].map((o) => o.value),
       w: document.getElementById('guidance').value, shown: document.getElementById('guidance-value').textContent,
       stats: document.getElementById('stats').textContent}))()""")
@@ -263,7 +263,7 @@ def test_page_offers_classes_and_guidance_for_a_conditional_model(browser):
     one = click_sample(browser, model="tiny-cond", sampler="ddim", steps=5, batch=4, ep="wasm", **{"class": "null"})
     assert one["cond"] == {"class_labels": [3, 3, 3, 3]} and one["array"].shape == (4, 1, 8, 8)
     click_sample(browser, model="swissroll", sampler="ddim", steps=3, ep="wasm")
-    assert browser.evaluate("document.getElementById('cond-panel').hidden") is True
+    assert browser.evaluate("document.getElementById('cond-panel').checkVisibility()") is False  # not just the attribute
 
 
 def test_edit_the_last_result_shows_input_mask_and_result(browser):
