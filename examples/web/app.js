@@ -252,9 +252,10 @@ function condFor(conditioning, options, batch, fixedBatch) {
   const cond = {};
   let cols;
   let label = '';
+  // a chosen graph file of a conditional model while an unconditional one is selected: one row per class
+  const choice = ui.classSel.value || 'rows';
   for (const c of conditioning) {
     if (c.kind === 'class') {
-      const choice = ui.classSel.value;
       if (choice === 'rows') {
         const n = Math.ceil(batch / c.num_classes);
         if (!fixedBatch) batch = n * c.num_classes; // a full grid: n samples of every class
@@ -268,8 +269,8 @@ function condFor(conditioning, options, batch, fixedBatch) {
   for (const c of conditioning) {
     const size = batch * (c.shape ?? []).reduce((a, b) => a * b, 1);
     if (c.kind !== 'class') cond[c.name] = new Array(size).fill(c.null ?? 0);
-    else if (ui.classSel.value === 'rows') cond[c.name] = Array.from({ length: batch }, (_, b) => Math.floor(b / cols));
-    else cond[c.name] = new Array(batch).fill(ui.classSel.value === 'null' ? c.null : Number(ui.classSel.value));
+    else if (choice === 'rows') cond[c.name] = Array.from({ length: batch }, (_, b) => Math.floor(b / cols));
+    else cond[c.name] = new Array(batch).fill(choice === 'null' ? c.null : Number(choice));
   }
   return { cond, batch, cols, label };
 }
@@ -355,8 +356,10 @@ async function runNow(options) {
     ({ cond, batch, label: condLabel } = c);
     cols = c.cols ?? cols;
   }
-  const guidance = Number(options.guidance ?? ui.guidance.value);
-  const rescale = Number(options.rescale ?? ui.rescale.value);
+  // the slider when the panel shows (a conditional model is selected); else a chosen graph's own default
+  const panel = !ui.condPanel.hidden;
+  const guidance = Number(options.guidance ?? (panel ? ui.guidance.value : (desc?.default_guidance ?? 1)));
+  const rescale = Number(options.rescale ?? (panel ? ui.rescale.value : 0));
   const graph = options.files ?? graphUrls(model, ui.sampler.value, steps, graphKind, editRun);
 
   const ready = await worker(threads);

@@ -134,6 +134,18 @@ def test_local_graph_filesrun_page(browser, server):
     assert (out["graph"], out["sampler"], out["steps"]) == ("loop", "ddim", 8)
 
 
+def test_local_guided_graph_file_runs_with_its_own_conditioning(browser, server):
+    """A guided graph chosen from disk while an unconditional model is selected: its description's
+    conditioning drives the run (one row per class)."""
+    click_sample(browser, model="swissroll", sampler="ddim", steps=3, ep="wasm")
+    onnx_path, side = server.store.graph(GraphRequest("tiny-cond", "ddim", 4, "loop"))
+    browser.evaluate("document.getElementById('batch').value = '3'")
+    out = choose_files(browser, [onnx_path, side])
+    assert "error" not in out, out
+    assert out["guided"] and out["cond"] == {"class_labels": [0, 1, 2]} and out["array"].shape == (3, 1, 8, 8)
+    assert out["guidance"] == 2.0  # the description's default_guidance
+
+
 def _message_after(browser: Chromium, out: dict[str, Any]) -> str:
     assert "error" in out, out
     assert out["shown"] and out["message"] == out["error"], out  # the same one line, on the page
