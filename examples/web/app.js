@@ -141,7 +141,10 @@ function fillConditioning(m) {
     ui.classSel.replaceChildren(...options);
     ui.classSel.value = 'rows';
   }
-  ui.guidance.value = String(m.guidance ?? 1);
+  const w = m.guidance ?? 1; // the slider keeps the model's own default exactly (step 'any' off the 0.1 grid)
+  ui.guidance.max = String(Math.max(10, Math.ceil(2 * w)));
+  ui.guidance.step = Math.round(w * 1e6) % 1e5 === 0 ? '0.1' : 'any';
+  ui.guidance.value = String(w);
   ui.rescale.value = '0';
   showSliders();
   const others = cond.filter((c) => c.kind !== 'class');
@@ -151,7 +154,8 @@ function fillConditioning(m) {
 }
 
 function showSliders() {
-  ui.guidanceValue.textContent = Number(ui.guidance.value).toFixed(1);
+  const hundredths = Math.round(Number(ui.guidance.value) * 100);
+  ui.guidanceValue.textContent = (hundredths / 100).toFixed(hundredths % 10 ? 2 : 1);
   ui.strengthValue.textContent = Number(ui.strength.value).toFixed(2);
 }
 
