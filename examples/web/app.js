@@ -174,13 +174,12 @@ function fillGraphs() {
 
 // auto: WebGPU on a real GPU adapter for the graphs it runs right; WASM otherwise, and on a software
 // (fallback) adapter such as SwiftShader, which emulates the GPU on the CPU ~100x slower than WASM.
-// An edit step splits its plan row into up to 12 + H coefficients (the edit adds kx, kn, qx, qn,
-// called), one storage buffer each plus the row: an adapter with fewer per shader stage refuses it.
-function chooseEp(ep, history, edit = false) {
+// Every kernel of the exported graphs fits WebGPU's default limits (the plan row is split at most
+// 6 ways per Split node: 7 storage buffers per shader stage, the default allows 8).
+function chooseEp(ep, history) {
   if (ep !== 'auto') return ep;
   const gpu = state.env.webgpu;
-  const buffersOk = !edit || (gpu?.storageBuffers ?? 0) >= 13 + history;
-  return gpu && !gpu.fallback && history <= WEBGPU_MAX_HISTORY && buffersOk ? 'webgpu' : 'wasm';
+  return gpu && !gpu.fallback && history <= WEBGPU_MAX_HISTORY ? 'webgpu' : 'wasm';
 }
 
 function setControl(el, value) {
@@ -342,7 +341,7 @@ async function runNow(options) {
   const conditioning = desc ? (desc.conditioning ?? []) : (state.models.has(model) ? (m.conditioning ?? []) : []);
   const source = options.image !== undefined ? 'given' : ui.editSource.value;
   const editRun = source !== 'none';
-  const ep = chooseEp(ui.ep.value, history, editRun);
+  const ep = chooseEp(ui.ep.value, history);
   let image = null;
   let mask = null;
   let start = 0;
