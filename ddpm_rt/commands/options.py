@@ -40,9 +40,9 @@ ClassifierScale = Annotated[float, typer.Option("--classifier-scale", min=0.0, h
 GuidanceMode = Annotated[str, typer.Option("--guidance-mode", help="How the two CFG halves run: auto (measured), batched (one call of 2B) or split (two calls of B).")]
 
 # -- editing -------------------------------------------------------------------------------------
-Init = Annotated[Path | None, typer.Option("--init", help="Start from this image (.png or .npy, the model's size; never resized): SDEdit with --strength, the known image with --mask.")]
+Init = Annotated[Path | None, typer.Option("--init", help="Start from this image (.png or .npy, the model's size; never resized): SDEdit with --strength, the known image with --mask. With --num: one image per sample, a directory (sorted names) or an .npy stack.")]
 Strength = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="With --init: how much of the schedule runs, diffusers' img2img strength in (0, 1] (default 1 with --mask, else 0.6).")]
-Mask = Annotated[Path | None, typer.Option("--mask", help="Inpainting: binary mask (.png black/white or .npy 0/1) of the known region; see --mask-means.")]
+Mask = Annotated[Path | None, typer.Option("--mask", help="Inpainting: binary mask (.png black/white or .npy 0/1) of the known region; see --mask-means. With --num: one for all, a directory or an .npy stack.")]
 MaskMeans = Annotated[str, typer.Option("--mask-means", help="What 1 (white) in --mask marks: keep (diffusers' RePaint convention) or generate (Stable Diffusion inpainting's).")]
 RepaintJump = Annotated[int | None, typer.Option("--repaint-jump", min=1, help="RePaint: jump length (steps re-noised in one jump); with --mask and --sampler ddim.")]
 RepaintResample = Annotated[int | None, typer.Option("--repaint-resample", min=1, help="RePaint: resample count per jump point (jump_n_sample).")]

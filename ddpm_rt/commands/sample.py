@@ -84,15 +84,19 @@ def sample(
     if precision is not None:
         precision = Precision.parse(precision).value
     if num is not None:
-        if init is not None or mask is not None or repaint_jump is not None:
-            raise ConfigError("--num runs from noise; --init/--mask/--repaint-* edit one batch (drop --num)")
+        if (repaint_jump is None) != (repaint_resample is None):
+            raise ConfigError("RePaint needs both --repaint-jump and --repaint-resample")
+        if strength is None and init is not None and mask is None and repaint_jump is None:
+            strength = opt.DEFAULT_STRENGTH  # as for one batch
         _sample_shards(source, num, shard_size, micro_batch, executor, address, workers, gpus_per_worker,
                        out=out, steps=steps, seed=seed, backend=backend, threads=threads,
                        precision=precision, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
                        karras_sigmas=karras, lower_order_final=lower_order_final, chunk=chunk,
                        allow_inexact=allow_inexact, allow_nonfinite=allow_nonfinite,
                        class_label=class_label, classes=classes, labels=labels, guidance=guidance,
-                       guidance_rescale=guidance_rescale, json_out=json_out)
+                       guidance_rescale=guidance_rescale, json_out=json_out, init=init, mask=mask,
+                       mask_means=mask_means, strength=strength,
+                       repaint=None if repaint_jump is None else (repaint_jump, repaint_resample))
         return
     check_output_path(out)  # before any model work: suffix, not a directory, writable parent
     src = resolve_source(source)
@@ -178,7 +182,8 @@ def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: i
                    address: str | None, workers: int | None, gpus_per_worker: float, *, out: Path,
                    chunk: int | None, json_out: bool, class_label: int | None, classes: str | None,
                    labels: Path | None, guidance: float | None, **job: object) -> None:
-    """`sample --num N --out DIR`: sharded, resumable, in-process or on Ray (ddpm_rt.shards)."""
+    """`sample --num N --out DIR`: sharded, resumable, in-process or on Ray (ddpm_rt.shards); with
+    --init, sample i edits image i of a directory or an .npy stack (or one image for all)."""
     from ddpm_rt.errors import ConfigError
     from ddpm_rt.progress import Progress
     from ddpm_rt.shards import LocalExecutor, prepare_job, run_shards
@@ -206,7 +211,9 @@ def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: i
     summary = {"out": str(out), "num": s.num, "shards": s.shards, "computed": len(s.computed),
                "kept": len(s.skipped), "samples_per_s": round(s.samples_per_s, 3), "workers": s.stats.workers,
                "backend": spec.backend, "precision": spec.precision, "micro_batch": spec.layout.micro_batch,
-               "sampler": spec.plan.sampler.sampler, "steps": spec.plan.steps}
+               "sampler": spec.plan.sampler.sampler, "steps": spec.plan.steps, "start": spec.plan.start,
+               "edit": None if spec.edit is None else {"images": spec.edit.image.shape[0],
+                                                       "mask": spec.edit.mask is not None}}
     if json_out:
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")

@@ -189,16 +189,45 @@ def _rows(plan: SamplingPlan, noise: bool, options: GraphOptions) -> np.ndarray:
     return rows
 
 
+SPLIT_WIDTH = 6  # outputs per Split: WebGPU kernels bind input + outputs, and 8 storage buffers per stage is its default limit
+
+
+def _split_row(row: str, outputs: list[str], name: str) -> list[onnx.NodeProto]:
+    """Split the (K,) row into K tensors of shape (1,), at most SPLIT_WIDTH outputs per Split node
+    (a Split of the row into groups, then of each group), so every kernel fits WebGPU's limits."""
+    if len(outputs) <= SPLIT_WIDTH:
+        return [helper.make_node("Split", [row, f"plan/split{len(outputs)}"], outputs, axis=0, name=name)]
+    groups = [outputs[i:i + SPLIT_WIDTH] for i in range(0, len(outputs), SPLIT_WIDTH)]
+    if len(groups) > SPLIT_WIDTH:
+        raise ValueError(f"{len(outputs)} plan columns exceed two levels of {SPLIT_WIDTH}-way splits")
+    names = [f"{name}/group{g}" for g in range(len(groups))]
+    nodes = [helper.make_node("Split", [row, "plan/split_groups"], names, axis=0, name=name)]
+    nodes += [helper.make_node("Split", [grp, f"plan/split{len(outs)}"], outs, axis=0, name=grp)
+              for grp, outs in zip(names, groups, strict=True)]
+    return nodes
+
+
+def _split_tables(k: int) -> list[onnx.TensorProto]:
+    """The split-size constants `_split_row` uses for a row of `k` columns."""
+    sizes = {min(SPLIT_WIDTH, k - i) for i in range(0, k, SPLIT_WIDTH)}
+    tabs = [numpy_helper.from_array(np.ones(s, dtype=np.int64), f"plan/split{s}") for s in sorted(sizes)]
+    if k > SPLIT_WIDTH:
+        groups = [min(SPLIT_WIDTH, k - i) for i in range(0, k, SPLIT_WIDTH)]
+        tabs.append(numpy_helper.from_array(np.array(groups, dtype=np.int64), "plan/split_groups"))
+    return tabs
+
+
 def _plan_tables(plan: SamplingPlan, noise: bool, options: GraphOptions | None = None) -> list[onnx.TensorProto]:
     """The plan as one float32 table (a row per step, sampling order; see `_rows`) plus small constants.
 
-    One Gather of row `step` and one Split give every coefficient of a step: two nodes per
-    step whatever K is, which matters in a Loop body around a tiny denoiser.
+    One Gather of row `step` and one Split (two levels of them past SPLIT_WIDTH columns) give every
+    coefficient of a step: a few nodes per step whatever K is, which matters in a Loop body around
+    a tiny denoiser.
     """
     options = options or GraphOptions()
     cols = _columns(plan, noise, options.edit)
     tabs = [numpy_helper.from_array(np.ascontiguousarray(_rows(plan, noise, options)), "plan/table"),
-            numpy_helper.from_array(np.ones(len(cols), dtype=np.int64), "plan/split"),
+            *_split_tables(len(cols)),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "plan/zero1"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "plan/one1")]
     if plan.clip is not None:
@@ -309,8 +338,7 @@ def _step_nodes(
     before += [
         # the coefficients of row `step`, each float32 [1] (broadcasts over (B, ...))
         helper.make_node("Gather", ["plan/table", row], [n("row")], name=n("row")),          # (K,)
-        helper.make_node("Split", [n("row"), "plan/split"], [n(f"c_{c}") for c in cols], axis=0,
-                         name=n("coefficients")),
+        *_split_row(n("row"), [n(f"c_{c}") for c in cols], n("coefficients")),
         # t = Expand(timesteps[step], [B])                                    # (B,)
         helper.make_node("Expand", [n("c_timesteps"), batch], [t], name=n("t")),
     ]
@@ -500,8 +528,7 @@ def build_loop_graph(
         start_nodes = [
             helper.make_node("Mul", ["start", "plan/stride"], ["loop/start_row"], name="loop/start_row"),
             helper.make_node("Gather", ["plan/table", "loop/start_row"], ["loop/row"], name="loop/row"),
-            helper.make_node("Split", ["loop/row", "plan/split"], [f"loop/c_{c}" for c in cols], axis=0,
-                             name="loop/coefficients"),
+            *_split_row("loop/row", [f"loop/c_{c}" for c in cols], "loop/coefficients"),
             helper.make_node("Mul", ["x_init", "loop/c_qn"], ["loop/qz"], name="loop/qz"),
             helper.make_node("Mul", ["image", "loop/c_qx"], ["loop/qi"], name="loop/qi"),
             helper.make_node("Add", ["loop/qz", "loop/qi"], [x0], name="loop/x_start"),

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from ddpm_rt.conditioning import CondInput
+from ddpm_rt.editing import Edit
 from ddpm_rt.plan import SamplingPlan
+from ddpm_rt.shards.edit_inputs import ShardEdit
 from ddpm_rt.shards.layout import ShardLayout
 from ddpm_rt.shards.noise import SEED_SCHEME, check_seed
 
@@ -45,6 +47,7 @@ class ShardJob:
     guidance_rescale: float = 0.0
     allow_nonfinite: bool = False
     plan_conditioning: tuple[CondInput, ...] = ()  # the model's conditioning inputs (spec order)
+    edit: ShardEdit | None = None  # editing: sample i starts from / keeps image i (or one for all)
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -55,6 +58,10 @@ class ShardJob:
             return None
         idx = np.minimum(np.arange(first, first + size), self.layout.num - 1)
         return {k: v[idx] for k, v in self.cond.items()}
+
+    def edit_rows(self, first: int, size: int) -> Edit | None:
+        """The edit of samples first..first+size-1 (slots past `num` repeat the last sample's)."""
+        return None if self.edit is None else self.edit.rows(first, size, self.layout.num)
 
     def identity(self) -> dict[str, Any]:
         """What a shard directory must agree on before shards may be added to it (JSON-normal form,
@@ -71,4 +78,5 @@ class ShardJob:
                 "sha256": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
                            for k, v in sorted(self.cond.items())},
                 "guidance_scale": self.guidance_scale, "guidance_rescale": self.guidance_rescale}}),
+            **({} if self.edit is None else {"edit": self.edit.identity()}),
         }))

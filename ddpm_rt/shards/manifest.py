@@ -23,6 +23,11 @@ _IDENTITY_NAMES = {
     "sample_shape": "another sample shape",
     "dtype": "another dtype",
 }
+# present only in some runs (absent from older directories, which stay valid): compared when either has it
+_OPTIONAL_IDENTITY_NAMES = {
+    "conditioning": "other conditioning (labels or guidance)",
+    "edit": "other editing inputs (--init / --mask content)",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class ShardManifest:
             if d.get("format") != FORMAT or d.get("format_version") != FORMAT_VERSION:
                 raise ValueError("format")
             identity = {k: d[k] for k in _IDENTITY_NAMES}
+            identity.update({k: d[k] for k in _OPTIONAL_IDENTITY_NAMES if k in d})
             records = [ShardRecord(**r) for r in d["shards"]]
             return cls(identity, int(d["num"]), {r.index: r for r in records})
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -72,7 +78,7 @@ class ShardManifest:
 
     def check_compatible(self, identity: dict[str, Any], num: int, where: Path) -> None:
         """Refuse (one line) to add shards of a different run; `num` may only grow."""
-        for key, what in _IDENTITY_NAMES.items():
+        for key, what in {**_IDENTITY_NAMES, **_OPTIONAL_IDENTITY_NAMES}.items():
             if self.identity.get(key) != identity.get(key):
                 raise ConfigError(
                     f"{where} holds samples of {what} ({key} differs); "

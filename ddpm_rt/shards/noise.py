@@ -2,7 +2,9 @@
 
 Stream i is Philox-4x64 keyed by the 128-bit key (seed, i), counter from 0. It is drawn in a
 fixed order: x_T first, then one draw of one sample's shape at every step with sigma > 0.
-Nothing about a sample depends on which batch, shard, worker or order it ran in.
+Nothing about a sample depends on which batch, shard, worker or order it ran in. An edit uses
+the same stream: x_T is the z of the noised image x_start = ix·image + in·z, and with a mask
+the rows whose known region is still noisy draw too (`SamplingPlan.noise_rows(masked=True)`).
 
 `BatchNoise` serves a micro-batch of such streams through the two interfaces the loops use:
 ``standard_normal(dtype=np.float32, out=z)`` (the host loop's in-place draw: row b of ``z``
@@ -64,9 +66,10 @@ class BatchNoise:
             gen.standard_normal(dtype=dtype, out=row)
         return out
 
-    def step_noise(self, plan: SamplingPlan) -> np.ndarray:
-        """Per-step noise float32 [N, B, ...] for device loops: the same values the in-place draws give."""
+    def step_noise(self, plan: SamplingPlan, masked: bool = False) -> np.ndarray:
+        """Per-step noise float32 [N, B, ...] for device loops: the same values the in-place draws give
+        (`masked`: an inpainting run, whose known region draws at more rows)."""
         z = np.zeros((plan.steps, self.batch, *self.sample_shape), dtype=np.float32)
-        for i in np.flatnonzero(plan.sigma > 0):
+        for i in np.flatnonzero(plan.noise_rows(masked)):
             self.standard_normal(dtype=np.float32, out=z[i])
         return z

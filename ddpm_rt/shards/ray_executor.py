@@ -93,6 +93,7 @@ class RayExecutor:
         self.max_restarts = max_restarts
         self.stats = ExecutorStats()
         self._bundle_ref: Any = None
+        self._job_ref: Any = None
 
     # -- cluster and pool --------------------------------------------------------------
 
@@ -124,7 +125,8 @@ class RayExecutor:
                                max_restarts=self.max_restarts)(ShardWorker)
         # once; each node fetches it once. Held for the whole run: a restarted actor reads it again.
         self._bundle_ref = ray.put(pack_bundle(job.bundle_dir))
-        actors = [actor_cls.remote(job, self._bundle_ref) for _ in range(size)]
+        self._job_ref = ray.put(job)  # once too: it holds every sample's labels and editing inputs
+        actors = [actor_cls.remote(self._job_ref, self._bundle_ref) for _ in range(size)]
         try:  # wait for every backend to open, so a broken bundle fails here, in one line
             pids = ray.get([a.ready.remote() for a in actors])
         except ray.exceptions.RayError as e:
@@ -149,7 +151,7 @@ class RayExecutor:
         try:
             self._run(ray, job, shards, deliver)
         finally:
-            self._bundle_ref = None
+            self._bundle_ref = self._job_ref = None
             if owns:
                 ray.shutdown()
 

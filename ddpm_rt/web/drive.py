@@ -23,7 +23,9 @@ const dec = (s) => { const b = atob(s); const u = new Uint8Array(b.length);
 const enc = (f) => { const u = new Uint8Array(f.buffer, f.byteOffset, f.byteLength); let s = '';
   for (let i = 0; i < u.length; i += 8192) s += String.fromCharCode(...u.subarray(i, i + 8192)); return btoa(s); };
 const done = (r) => ({samples: enc(r.samples), shape: r.shape, stepMs: r.stepMs, totalMs: r.totalMs,
-  sessionMs: r.sessionMs, ep: r.ep, threads: r.threads, graph: r.graph, sampler: r.sampler, steps: r.steps});
+  sessionMs: r.sessionMs, ep: r.ep, threads: r.threads, graph: r.graph, sampler: r.sampler, steps: r.steps,
+  start: r.start, guided: r.guided, edit: r.edit, guidance: r.guidance,
+  cond: r.cond && Object.fromEntries(Object.entries(r.cond).map(([k, v]) => [k, [...v].map(Number)])), cols: r.cols});
 const failed = (e) => ({error: e.message, message: document.getElementById('message').textContent,
   shown: !document.getElementById('message').hidden});
 """
@@ -48,9 +50,13 @@ def open_page(browser: Chromium, url: str) -> None:
 
 
 def run_page(browser: Chromium, options: dict[str, Any], x_init: np.ndarray | None = None,
-             noise: np.ndarray | None = None, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
-    """One `ddpmRt.run`: {array, shape, stepMs, totalMs, ep, threads, ...} or {error, message, shown}."""
-    arrays = "".join(f", {k}: dec('{_b64(v)}')" for k, v in (("xInit", x_init), ("noise", noise)) if v is not None)
+             noise: np.ndarray | None = None, timeout: float = RUN_TIMEOUT_S, image: np.ndarray | None = None,
+             mask: np.ndarray | None = None) -> dict[str, Any]:
+    """One `ddpmRt.run`: {array, shape, stepMs, totalMs, ep, threads, ...} or {error, message, shown}.
+
+    `image` and `mask` (float32 [batch, ...sample]) make it an edit of `image` (mask 1 = kept)."""
+    given = (("xInit", x_init), ("noise", noise), ("image", image), ("mask", mask))
+    arrays = "".join(f", {k}: dec('{_b64(v)}')" for k, v in given if v is not None)
     expr = (f"(async () => {{ {JS_CODEC} return window.ddpmRt.run({{...{json.dumps(options)}{arrays}}})"
             ".then(done, failed); })()")
     return _decoded(browser.evaluate(expr, timeout=timeout))
@@ -70,13 +76,15 @@ def choose_files(browser: Chromium, files: list[Path]) -> dict[str, Any]:
     return latest_run(browser)
 
 
-def click_sample(browser: Chromium, **controls: str | int) -> dict[str, Any]:
-    """Set the page's controls (by element id), press Sample; the run's outcome."""
+def click_sample(browser: Chromium, button: str = "run", **controls: str | int) -> dict[str, Any]:
+    """Set the page's controls (by element id), press Sample (or the button `button`, e.g. edit-last);
+    the run's outcome."""
     first = {"model": 0, "sampler": 1}  # a model resets the sampler's choices, a sampler the graph's
     sets = [f"set({json.dumps(k)}, {json.dumps(str(v))});" for k, v in
             sorted(controls.items(), key=lambda kv: first.get(kv[0], 2))]
     browser.evaluate("(() => { const set = (id, v) => { const el = document.getElementById(id); el.value = v; "
                      "el.dispatchEvent(new Event('change')); }; " + " ".join(sets)
-                     + " window.__before = window.ddpmRt.lastRun; document.getElementById('run').click(); })()")
+                     + " window.__before = window.ddpmRt.lastRun; document.getElementById("
+                     + json.dumps(button) + ").click(); })()")
     browser.wait_for("window.ddpmRt.lastRun !== window.__before", timeout=30)
     return latest_run(browser)

@@ -1,12 +1,16 @@
 """The models `ddpm-rt web` serves, and their sampler graphs, exported on first use.
 
 A served model is a bundle (a built-in's shipped bundle, or any directory from `ddpm-rt
-export`). The page asks for a graph by (model, sampler, steps, graph kind); the first request
+export`). The page asks for a graph by (model, sampler, steps, graph kind, edit); the first request
 exports it with `export_sampler_graph` — the onnx package and ONNX Runtime, no torch — into
 ``$DDPM_RT_CACHE/web/``, with the sidecar description that the browser reads beside it. The
-entry's key is the denoiser's sha256, the sampler spec, the graph kind and the ddpm-rt
-version; writers of one entry serialise on a lock, and the sidecar is written after the
+entry's key is the denoiser's sha256, the sampler spec, the graph kind, edit and the
+ddpm-rt version; writers of one entry serialise on a lock, and the sidecar is written after the
 graph, so a sidecar on disk means a finished entry.
+
+A conditional model's graphs are guided (its conditioning inputs, guidance_scale and
+guidance_rescale); ``edit=1`` asks for the edit variant (start, image, mask; a full-loop edit
+graph also takes the per-step noise, so it is offered for stochastic samplers too).
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ class GraphRequest:
     sampler: str
     steps: int
     graph: str  # step | loop
+    edit: bool = False  # the edit variant: inputs start, image, mask (and the noise, full-loop)
 
     @classmethod
     def from_query(cls, query: dict[str, list[str]]) -> GraphRequest:
-        """From a URL query: model, sampler, steps, graph (each once)."""
+        """From a URL query: model, sampler, steps, graph (each once), and optionally edit=0|1."""
         values = {}
         for key in ("model", "sampler", "steps", "graph"):
             got = query.get(key, [])
@@ -68,7 +73,10 @@ class GraphRequest:
             raise ConfigError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
         if values["graph"] not in GRAPH_KINDS:
             raise ConfigError(f"unknown graph kind {values['graph']!r}; choose {' or '.join(GRAPH_KINDS)}")
-        return cls(values["model"], values["sampler"], steps, values["graph"])
+        edit = query.get("edit", ["0"])
+        if len(edit) != 1 or edit[0] not in ("0", "1"):
+            raise ConfigError(f"edit must be given at most once, as 0 or 1, got {edit}")
+        return cls(values["model"], values["sampler"], steps, values["graph"], edit[0] == "1")
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,10 @@ class WebModel:
             "sample_shape": list(spec.sample_shape), "data_range": list(spec.data_range),
             "samplers": samplers, "default": {"sampler": default.sampler, "steps": default.steps},
             "max_steps": min(spec.schedule.num_train_timesteps, MAX_STEPS),
+            # a conditional model's graphs are guided: its inputs (class labels: classes and the null
+            # label), and the guidance scale it samples with by default (sampler_defaults)
+            "conditioning": [c.to_dict() for c in spec.conditioning],
+            "guidance": spec.default_guidance if spec.conditional else None,
         }
 
 
@@ -130,13 +142,14 @@ class GraphStore:
     def key(self, req: GraphRequest) -> str:
         bundle = self.model(req.model).bundle
         return content_key({"denoiser": bundle.onnx_sha256, "spec": bundle.spec.to_dict(),
-                            "sampler": asdict(self._sampler(req)), "graph": req.graph, "ddpm_rt": __version__,
-                            "builder": SAMPLER_GRAPH_VERSION})
+                            "sampler": asdict(self._sampler(req)), "graph": req.graph, "edit": req.edit,
+                            "ddpm_rt": __version__, "builder": SAMPLER_GRAPH_VERSION})
 
     def graph(self, req: GraphRequest) -> tuple[Path, Path]:
         """(the .onnx, its sidecar .json) for `req`, exported now (once, under a lock) when absent."""
         key = self.key(req)[:24]
-        onnx_path = self.root / f"{req.model}-{req.sampler}-{req.steps}-{req.graph}-{key}.onnx"
+        kind = f"{req.graph}-edit" if req.edit else req.graph
+        onnx_path = self.root / f"{req.model}-{req.sampler}-{req.steps}-{kind}-{key}.onnx"
         from ddpm_rt.exporter.sampler_export import sidecar_path  # onnx: checked by check_exporter
 
         side = sidecar_path(onnx_path)
@@ -154,7 +167,9 @@ class GraphStore:
 
         b = self.model(req.model).bundle
         t0 = time.perf_counter()
-        res = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, self._sampler(req), out, req.graph)
+        res = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, self._sampler(req), out, req.graph,
+                                   edit=req.edit)
         if self.log is not None:
-            self.log(f"exported {req.model} {req.sampler} {req.steps}-step {req.graph} graph in "
+            what = ("guided " if b.spec.conditional else "") + ("edit " if req.edit else "")
+            self.log(f"exported {req.model} {req.sampler} {req.steps}-step {what}{req.graph} graph in "
                      f"{time.perf_counter() - t0:.1f} s (max |graph - Python loop| {res.max_abs_diff:.1e})")

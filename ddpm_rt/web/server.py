@@ -1,8 +1,10 @@
 """The HTTP server of `ddpm-rt web`: the page, onnxruntime-web and the sampler graphs (standard library).
 
     GET /                          the page (examples/web/index.html), and its .js/.css beside it
-    GET /api/models                the served models: shapes, data range, samplers, defaults
-    GET /graph.json?model=&sampler=&steps=&graph=   a sampler graph's description (sidecar JSON);
+    GET /api/models                the served models: shapes, data range, samplers, defaults,
+                                   conditioning (classes, null label) and default guidance
+    GET /graph.json?model=&sampler=&steps=&graph=[&edit=1]   a sampler graph's description (sidecar
+                                   JSON; edit=1: the edit variant, inputs start, image, mask);
     GET /graph.onnx?...            and the graph — both exported on first use (`graphs.GraphStore`)
     GET /ort/<file>                onnxruntime-web's dist/ (the .mjs and .wasm builds)
 

@@ -2,13 +2,14 @@
 
 const MAX_SIDE = 512; // the canvas's longest side, in CSS pixels
 
-export function drawSamples(canvas, samples, shape, dataRange) {
-  if (shape.length === 4) drawImages(canvas, samples, shape, dataRange);
+// `cols`: images per row (default: a square grid); the page passes the per-class count so that
+// each row is one class.
+export function drawSamples(canvas, samples, shape, dataRange, cols = undefined) {
+  if (shape.length === 4) drawImages(canvas, samples, shape, dataRange, cols);
   else drawPoints(canvas, samples, shape);
 }
 
-function drawImages(canvas, data, [batch, channels, h, w], [lo, hi]) {
-  const cols = Math.ceil(Math.sqrt(batch));
+function drawImages(canvas, data, [batch, channels, h, w], [lo, hi], cols = Math.ceil(Math.sqrt(batch))) {
   const rows = Math.ceil(batch / cols);
   const gap = 1;
   const grid = document.createElement('canvas');
@@ -68,4 +69,25 @@ function drawPoints(canvas, data, [batch, dim]) {
   ctx.fillStyle = '#555';
   ctx.font = '12px sans-serif';
   ctx.fillText(`${batch} points, axes ±${extent.toPrecision(2)}${dim > 2 ? ` (first 2 of ${dim} dims)` : ''}`, 8, 16);
+}
+
+// The image on `canvas` (any size, e.g. the drawing pad) as one sample [channels, h, w] in
+// `dataRange`: scaled to w×h (averaging), black -> lo, white -> hi; one channel: the mean of R, G, B.
+export function canvasToSample(canvas, [channels, h, w], [lo, hi]) {
+  const small = document.createElement('canvas');
+  small.width = w;
+  small.height = h;
+  const g = small.getContext('2d');
+  g.imageSmoothingEnabled = true;
+  g.imageSmoothingQuality = 'high';
+  g.drawImage(canvas, 0, 0, w, h);
+  const px = g.getImageData(0, 0, w, h).data;
+  const out = new Float32Array(channels * h * w);
+  for (let c = 0; c < channels; c++) {
+    for (let p = 0; p < h * w; p++) {
+      const v = channels === 1 ? (px[4 * p] + px[4 * p + 1] + px[4 * p + 2]) / 3 : px[4 * p + Math.min(c, 2)];
+      out[c * h * w + p] = lo + (v / 255) * (hi - lo);
+    }
+  }
+  return out;
 }

@@ -4,20 +4,28 @@
 // other, and run it with onnxruntime-web on WebGPU or WebAssembly.
 //
 // Messages in:  {type: 'init', threads, webgpuLimits, webgpuMaxHistory}  once, before any run
-//               {type: 'run', id, graph, ep, batch, seed, xInit?, noise?}
+//               {type: 'run', id, graph, ep, batch, seed, xInit?, noise?, cond?, guidance?, rescale?, edit?}
 //     graph = {onnx: URL, description: URL} | {name, bytes: ArrayBuffer, description: object}
 //     xInit = Float32Array [batch, ...sample] and noise = Float32Array [steps, batch, ...sample]
 //     (optional: without them the worker draws both from `seed`)
+//     guided graphs (description `guided`): cond = {name: numbers [batch, ...shape]} for each of the
+//     description's `conditioning` inputs (class ids, the null id for "no label"), guidance = w
+//     (default: the description's default_guidance), rescale = φ (default 0)
+//     edit graphs (description `edit`): edit = {start, image, mask}; image and mask Float32Array
+//     [batch, ...sample] (mask 1 = known); the run is steps start .. steps-1, and x_T is the noise z
+//     the graph mixes into the image at the start
 // Messages out: {type: 'ready', threads, isolated, ort}
 //               {type: 'status', id, text}
 //               {type: 'progress', id, step, steps, ms}                  after every Run
-//               {type: 'done', id, samples, shape, stepMs, totalMs, sessionMs, ep, graph, sampler, steps}
+//               {type: 'done', id, samples, shape, stepMs, totalMs, sessionMs, ep, graph, sampler, steps,
+//                start, guided, edit}
 //               {type: 'error', id, message}                             one line, shown on the page
 //
 // Inputs are fed by name from the description's `inputs` list: FEEDS says where each named
-// input comes from, and `history.carry` pairs each multistep output with the input it feeds
-// at the next step. A graph input this page does not know is refused before anything runs;
-// a new kind of input (class labels, a guidance scale, an edit mask, ...) is one more entry.
+// input comes from, the description's `conditioning` list names the conditioning inputs, and
+// `history.carry` pairs each multistep output with the input it feeds at the next step. A graph
+// input this page does not know is refused before anything runs; a new kind of input is one
+// more FEEDS entry.
 
 import * as ort from './ort/ort.min.mjs';
 import { normalRng } from './rng.js';
@@ -68,35 +76,103 @@ function checkGraphAgainstDescription(session, desc, name) {
   }
 }
 
-// Where each named graph input comes from (`s` is the running state of one sampling run).
+const scalar = (dtype, v) => new ort.Tensor(dtype, dtype === 'int64' ? BigInt64Array.of(BigInt(v)) : Float32Array.of(v), []);
+
+// Where each named graph input comes from (`s` is the running state of one sampling run, `inp`
+// the input's entry in the description).
 const FEEDS = {
   x: { dtype: 'float32', value: (s) => new ort.Tensor('float32', s.x, s.dims) },
   x_init: { dtype: 'float32', value: (s) => new ort.Tensor('float32', s.x, s.dims) },
-  step: { dtype: 'int64', value: (s) => new ort.Tensor('int64', BigInt64Array.of(BigInt(s.step)), []) },
-  noise: { dtype: 'float32', value: (s) => new ort.Tensor('float32', s.noiseAt(s.step), s.dims) },
+  step: { dtype: 'int64', value: (s) => scalar('int64', s.step) },
+  // the step's noise [batch, ...]; a full-loop edit graph takes every step's at once [steps, batch, ...]
+  noise: {
+    dtype: 'float32',
+    value: (s, inp) => (inp.shape[0] === 'steps' ? new ort.Tensor('float32', s.allNoise(), [s.steps, ...s.dims])
+      : new ort.Tensor('float32', s.noiseAt(s.step), s.dims)),
+  },
+  guidance_scale: { dtype: 'float32', value: (s) => scalar('float32', s.guidance) },
+  guidance_rescale: { dtype: 'float32', value: (s) => scalar('float32', s.rescale) },
+  start: { dtype: 'int64', value: (s) => scalar('int64', s.start) },
+  image: { dtype: 'float32', value: (s) => new ort.Tensor('float32', s.image, s.dims) },
+  mask: { dtype: 'float32', value: (s) => new ort.Tensor('float32', s.mask, s.dims) },
 };
+
+// A conditioning input (description `conditioning`): the run's values, [batch, ...shape].
+function condFeed(c) {
+  return { dtype: c.dtype, value: (s) => new ort.Tensor(c.dtype, s.cond[c.name], [s.dims[0], ...(c.shape ?? [])]) };
+}
 
 function feedPlan(desc) {
   const carry = desc.graph === 'step' ? (desc.history?.carry ?? []) : [];
   const carried = new Map(carry.map((c) => [c.input, c.output]));
+  const conditioning = new Map((desc.conditioning ?? []).map((c) => [c.name, c]));
   const plan = desc.inputs.map((inp) => {
     if (carried.has(inp.name)) {
       return { name: inp.name, value: (s) => new ort.Tensor('float32', s.hist[inp.name], s.dims) };
     }
-    const feed = FEEDS[inp.name];
+    const feed = conditioning.has(inp.name) ? condFeed(conditioning.get(inp.name)) : FEEDS[inp.name];
     if (feed === undefined) {
       throw new PageError(`the graph takes an input '${inp.name}' that this page does not supply yet `
-        + `(it feeds ${Object.keys(FEEDS).join(', ')} and the multistep history)`);
+        + `(it feeds ${Object.keys(FEEDS).join(', ')}, the conditioning inputs and the multistep history)`);
     }
     if (inp.dtype !== feed.dtype) {
       throw new PageError(`the description declares input '${inp.name}' as ${inp.dtype}; this page feeds ${feed.dtype}`);
     }
-    return { name: inp.name, value: feed.value };
+    return { name: inp.name, value: (s) => feed.value(s, inp) };
   });
   const carriedOut = new Set(carry.map((c) => c.output));
   const sampleOut = desc.outputs.find((o) => !carriedOut.has(o.name));
   if (sampleOut === undefined) throw new PageError('the description lists no sample output');
   return { plan, carry, sampleOut: sampleOut.name };
+}
+
+// The conditioning values of a run, checked against the description: class ids in 0..K-1 or the
+// null id, tensors of the right size and finite.
+function condValues(desc, given, batch) {
+  const out = {};
+  for (const c of desc.conditioning ?? []) {
+    const values = given?.[c.name];
+    const size = batch * (c.shape ?? []).reduce((a, b) => a * b, 1);
+    if (values === undefined || values === null) {
+      throw new PageError(`this model is conditional: the run needs ${c.name} (${size} value${size > 1 ? 's' : ''})`);
+    }
+    const arr = [...values];
+    if (arr.length !== size) throw new PageError(`${c.name} holds ${arr.length} values; this run needs ${size}`);
+    if (c.kind === 'class') {
+      const allowed = (v) => Number.isInteger(v) && ((v >= 0 && v < c.num_classes) || v === c.null);
+      const bad = arr.find((v) => !allowed(Number(v)));
+      if (bad !== undefined) {
+        throw new PageError(`${c.name}: label ${bad} is out of range; this model takes 0..${c.num_classes - 1}`
+          + (c.null !== null && c.null !== undefined ? ` (and ${c.null} for no label)` : ''));
+      }
+      out[c.name] = BigInt64Array.from(arr, (v) => BigInt(v));
+    } else {
+      if (!arr.every((v) => Number.isFinite(Number(v)))) throw new PageError(`${c.name}: values must be finite numbers`);
+      out[c.name] = Float32Array.from(arr, Number);
+    }
+  }
+  for (const name of Object.keys(given ?? {})) {
+    if (!(desc.conditioning ?? []).some((c) => c.name === name)) {
+      throw new PageError(`${name} is not a conditioning input of this graph (it takes `
+        + `${(desc.conditioning ?? []).map((c) => c.name).join(', ') || 'none: the model is unconditional'})`);
+    }
+  }
+  return out;
+}
+
+function editValues(desc, edit, n) {
+  if (!desc.edit) {
+    if (edit) throw new PageError('this graph is not an edit graph (its description says edit: false); ask for edit=1');
+    return { start: 0 };
+  }
+  if (!edit) throw new PageError('this is an edit graph: the run needs edit = {start, image, mask}');
+  const { start } = edit;
+  if (!Number.isInteger(start) || start < 0 || start >= desc.steps) {
+    throw new PageError(`the edit's start must be an integer in [0, ${desc.steps - 1}] (the first step run), got ${start}`);
+  }
+  checkSupplied(edit.image, n, 'the edit image');
+  checkSupplied(edit.mask, n, 'the edit mask');
+  return { start, image: edit.image, mask: edit.mask };
 }
 
 // ---------------------------------------------------------------- loading
@@ -147,8 +223,9 @@ async function checkEp(ep) {
         + '(Chromium without a GPU exposes one with --enable-unsafe-webgpu and SwiftShader)');
     }
     // ORT asks for the adapter's own limits on a few sizes, but leaves storage buffers per shader
-    // stage at WebGPU's default of 8; a multistep step graph splits its plan row into 8-9
-    // coefficients (one Split: 9-10 buffers), so ask for what the adapter allows
+    // stage at WebGPU's default of 8. The exported graphs fit that (plan rows split at most 6 ways);
+    // a graph of another origin may not, so ask for what the adapter allows (?webgpu-limits=default
+    // keeps ORT's request, for the refusal test)
     const request = adapter.requestDevice.bind(adapter);
     adapter.requestDevice = async (desc = {}) => {
       const limits = raiseGpuLimits ? { maxStorageBuffersPerShaderStage: adapter.limits.maxStorageBuffersPerShaderStage } : {};
@@ -245,13 +322,31 @@ async function sample(msg) {
     const zeros = new Float32Array(n);
     noiseAt = (i) => (noisy.has(i) ? rng(n) : zeros);
   }
-  const state = { x, dims: [batch, ...desc.sample_shape], step: 0, noiseAt, hist: {} };
-  for (const c of feeds.carry) state.hist[c.input] = new Float32Array(n); // zeros at step 0
+  const cond = condValues(desc, msg.cond, batch);
+  const edit = editValues(desc, msg.edit, n);
+  const guidance = msg.guidance ?? desc.default_guidance ?? 1;
+  const rescale = msg.rescale ?? 0;
+  if (desc.guided && (!Number.isFinite(guidance) || !Number.isFinite(rescale) || rescale < 0 || rescale > 1)) {
+    throw new PageError(`guidance must be a finite number and rescale in [0, 1], got ${guidance} and ${rescale}`);
+  }
+  const allNoise = () => { // [steps, batch, ...]: a full-loop edit graph reads every step's row
+    if (msg.noise !== undefined) return msg.noise;
+    const all = new Float32Array(steps * n);
+    for (let i = edit.start; i < steps; i++) all.set(noiseAt(i), i * n);
+    return all;
+  };
+  const state = {
+    x, dims: [batch, ...desc.sample_shape], step: edit.start, steps, noiseAt, allNoise, hist: {}, cond, guidance,
+    rescale, ...edit,
+  };
+  for (const c of feeds.carry) state.hist[c.input] = new Float32Array(n); // zeros at the first step
 
+  const first = desc.graph === 'step' ? edit.start : 0;
   const runs = desc.graph === 'step' ? steps : 1;
+  const run = steps - edit.start; // the steps this run takes
   const stepMs = [];
   const t0 = performance.now();
-  for (let i = 0; i < runs; i++) {
+  for (let i = first; i < runs; i++) {
     state.step = i;
     const feed = {};
     for (const f of feeds.plan) feed[f.name] = f.value(state);
@@ -268,10 +363,10 @@ async function sample(msg) {
     const ms = performance.now() - ts;
     if (desc.graph === 'step') {
       stepMs.push(ms);
-      self.postMessage({ type: 'progress', id, step: i + 1, steps, ms });
+      self.postMessage({ type: 'progress', id, step: i + 1 - first, steps: run, ms });
     } else { // one Run for every step: the per-step figure is the mean
-      for (let k = 0; k < steps; k++) stepMs.push(ms / steps);
-      self.postMessage({ type: 'progress', id, step: steps, steps, ms: ms / steps });
+      for (let k = 0; k < run; k++) stepMs.push(ms / run);
+      self.postMessage({ type: 'progress', id, step: run, steps: run, ms: ms / run });
     }
   }
   const totalMs = performance.now() - t0;
@@ -280,7 +375,8 @@ async function sample(msg) {
   }
   return {
     samples: new Float32Array(state.x), shape: state.dims, stepMs, totalMs, sessionMs, ep, graph: desc.graph,
-    sampler: desc.sampler, steps, dataRange: desc.data_range,
+    sampler: desc.sampler, steps, start: edit.start, guided: !!desc.guided, edit: !!desc.edit,
+    guidance: desc.guided ? guidance : null, dataRange: desc.data_range,
   };
 }
 

@@ -55,7 +55,6 @@ def test_sdedit_and_inpainting_commands_run_as_written(inputs):
     (["--init", "{root}/digits.npy", "--mask", "{root}/top.npy", "--repaint-jump", "3"], "both --repaint-jump"),
     (["--init", "{root}/digits.npy", "--mask", "{root}/top.npy", "--repaint-jump", "2", "--repaint-resample", "2"],
      "--sampler ddim"),
-    (["--init", "{root}/digits.npy", "--num", "8"], "drop --num"),
     (["--init", "{root}/digits.npy", "--mask-means", "maybe", "--mask", "{root}/top.npy"], "--mask-means"),
 ])
 def test_bad_editing_input_is_one_line(inputs, args, needle, tmp_path):

@@ -374,11 +374,12 @@ class _FakeBackend:
         self.device = device
         self.noise_arrays = 0
 
-    def sample(self, plan, x_init, *, noise=None, rng=None, progress=None, guidance=None, allow_nonfinite=False):
+    def sample(self, plan, x_init, *, noise=None, rng=None, progress=None, guidance=None, edit=None,
+               allow_nonfinite=False):
         assert guidance is None and not allow_nonfinite  # an unconditional job, defaults
         assert (noise is None) == (self.device == "cpu"), "host loops draw in place, device loops take arrays"
         self.noise_arrays += noise is not None
-        return sample_loop(lambda x, t: np.tanh(x) * 0.3, plan, x_init, noise=noise, rng=rng)
+        return sample_loop(lambda x, t: np.tanh(x) * 0.3, plan, x_init, noise=noise, rng=rng, edit=edit)
 
     def close(self) -> None:
         pass

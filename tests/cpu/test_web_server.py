@@ -155,10 +155,59 @@ def test_bad_graph_requests_get_one_line(server, query, status, needle):
 
 
 def test_graph_request_parsing():
-    req = GraphRequest.from_query({"model": ["digits"], "sampler": ["unipc"], "steps": ["15"], "graph": ["step"]})
-    assert req == GraphRequest("digits", "unipc", 15, "step")
+    query = {"model": ["digits"], "sampler": ["unipc"], "steps": ["15"], "graph": ["step"]}
+    req = GraphRequest.from_query(query)
+    assert req == GraphRequest("digits", "unipc", 15, "step") and not req.edit
+    assert GraphRequest.from_query({**query, "edit": ["1"]}) == GraphRequest("digits", "unipc", 15, "step", edit=True)
+    assert not GraphRequest.from_query({**query, "edit": ["0"]}).edit
     with pytest.raises(ConfigError, match="exactly one model="):
         GraphRequest.from_query({"model": ["a", "b"], "sampler": ["x"], "steps": ["1"], "graph": ["step"]})
+    with pytest.raises(ConfigError, match=r"edit must be given at most once, as 0 or 1, got \['yes'\]"):
+        GraphRequest.from_query({**query, "edit": ["yes"]})
+
+
+def test_conditional_model_catalog_and_guided_edit_graphs(tmp_path, fake_page, swissroll):
+    """A conditional bundle: the catalog names its classes, null label and default guidance; its graphs
+    are guided, and edit=1 serves the edit variant (a full-loop one even for a stochastic sampler)."""
+    from ddpm_rt.conditioning import CondInput
+    from ddpm_rt.schedule import ScheduleSpec
+    from ddpm_rt.spec import DiffusionSpec
+    from tests.helpers.graphs import tiny_bundle
+
+    spec = DiffusionSpec(ScheduleSpec(kind="linear", num_train_timesteps=100), "epsilon", (1, 4, 4),
+                         clip=(-1.0, 1.0), sampler_defaults={"guidance_scale": 2.5},
+                         conditioning=(CondInput("class_labels", "class", num_classes=3, null=3),))
+    logs: list[str] = []
+    store = GraphStore([WebModel("cond", tiny_bundle(tmp_path / "cond", spec), "test:cond"),
+                        WebModel("swissroll", swissroll, "builtin:swissroll")], cache_dir=tmp_path / "cache",
+                       log=logs.append)
+    srv = make_server(store, fake_page, port=0)
+    serve_in_thread(srv)
+    try:
+        cat = {m["name"]: m for m in json.loads(_get(srv.url + "api/models")[2])["models"]}
+        assert cat["cond"]["conditioning"] == [{"name": "class_labels", "kind": "class", "dtype": "int64",
+                                                "shape": [], "num_classes": 3, "null": 3}]
+        assert cat["cond"]["guidance"] == 2.5
+        assert cat["swissroll"]["conditioning"] == [] and cat["swissroll"]["guidance"] is None
+        names = {}
+        for query in ("model=cond&sampler=ddpm&steps=6&graph=step", "model=cond&sampler=ddpm&steps=6&graph=loop&edit=1"):
+            status, _, body = _get(srv.url + "graph.json?" + query)
+            assert status == 200, body
+            desc = json.loads(body)
+            names[query] = [i["name"] for i in desc["inputs"]]
+            assert desc["guided"] and desc["default_guidance"] == 2.5
+        assert names["model=cond&sampler=ddpm&steps=6&graph=step"] == [
+            "x", "step", "noise", "class_labels", "guidance_scale", "guidance_rescale"]
+        assert names["model=cond&sampler=ddpm&steps=6&graph=loop&edit=1"] == [
+            "x_init", "class_labels", "guidance_scale", "guidance_rescale", "start", "image", "mask", "noise"]
+        assert any("exported cond ddpm 6-step guided edit loop graph" in line for line in logs), logs
+        assert len(list((tmp_path / "cache").glob("cond-ddpm-6-loop-edit-*.onnx"))) == 1
+        # without edit=1 a stochastic sampler still has no full-loop graph
+        status, _, body = _get(srv.url + "graph.json?model=cond&sampler=ddpm&steps=6&graph=loop")
+        assert status == 400 and b"full-loop graph needs a deterministic sampler" in body
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_two_models_with_one_name_are_refused(swissroll):

@@ -42,3 +42,30 @@ def tiny_denoiser(sample_shape: tuple[int, ...], seed: int = 0, opset: int = 17,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     return model
+
+
+def tiny_bundle(directory, spec, seed: int = 0):
+    """A loadable bundle (denoiser.onnx + manifest) of `tiny_denoiser` for `spec` (its class conditioning
+    included, when it has one); no torch. Returns `bundle.load.Bundle`."""
+    from pathlib import Path
+
+    from ddpm_rt.bundle.contract import CONTRACT
+    from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.bundle.manifest import MANIFEST_FILE, ONNX_FILE, build_manifest, dumps, with_hash
+    from ddpm_rt.fsutil import file_sha256
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    classes = next((c.num_classes for c in spec.conditioning if c.kind == "class"), None)
+    model = tiny_denoiser(tuple(spec.sample_shape), seed=seed, num_classes=classes)
+    for node in model.graph.node:  # the attributes torch writes; onnxruntime-web's WebGPU Conv requires them
+        if node.op_type == "Conv":
+            node.attribute.extend([helper.make_attribute("dilations", [1, 1]),
+                                   helper.make_attribute("strides", [1, 1]),
+                                   helper.make_attribute("kernel_shape", [3, 3])])
+    onnx.save(model, str(directory / ONNX_FILE))
+    m = build_manifest(source={"kind": "module", "ref": "tests:tiny"}, spec=spec.to_dict(),
+                       io=CONTRACT.for_spec(spec).to_dict(tuple(spec.sample_shape)), opset=17, precision="fp32",
+                       graph={}, parity=None, exporter="torchscript", versions={})
+    (directory / MANIFEST_FILE).write_text(dumps(with_hash(m, file_sha256(directory / ONNX_FILE))))
+    return load_bundle(directory)
