@@ -25,6 +25,8 @@ from ddpm_rt.shards.executor import Deliver, ExecutorStats, ShardResult
 from ddpm_rt.shards.job import ShardJob
 from ddpm_rt.shards.layout import ShardRange
 
+RESTART_REST_S = 1.0  # seconds a slot rests after its worker died (times its consecutive failures)
+
 RAY_HINT = "pip install 'ddpm-rt[ray]'"
 
 
@@ -164,16 +166,21 @@ class RayExecutor:
         failures = [0] * len(actors)  # consecutive failed shards per actor
         give_up = (self.max_restarts + 1) * self.in_flight  # more than this: Ray stopped restarting it
         live = set(range(len(actors)))
+        resting = [0.0] * len(actors)  # monotonic time before which a slot whose worker died gets no work
         while queue or pending:
-            # top every live actor up to `in_flight` shards, healthiest first: a shard whose worker
-            # just died goes to another actor while Ray restarts that one
+            # top every live actor up to `in_flight` shards, healthiest first; a slot whose worker just
+            # died rests while Ray restarts it (work sent at once can meet the dead process again)
+            now = time.monotonic()
             for slot in sorted(live, key=lambda a: failures[a]):
-                while queue and load[slot] < self.in_flight:
+                while queue and load[slot] < self.in_flight and resting[slot] <= now:
                     shard = queue.popleft()
                     pending[actors[slot].compute.remote(shard)] = (shard, slot)
                     load[slot] += 1
             if not pending:
-                raise DdpmRtError(f"every Ray worker died; {len(queue)} shards were not computed")
+                if not live:
+                    raise DdpmRtError(f"every Ray worker died; {len(queue)} shards were not computed")
+                time.sleep(max(0.0, min(resting[a] for a in live) - now))
+                continue
             [ref], _ = ray.wait(list(pending), num_returns=1)
             shard, slot = pending.pop(ref)
             load[slot] -= 1
@@ -190,6 +197,7 @@ class RayExecutor:
                 self.stats.retried.append(shard.index)
                 queue.appendleft(shard)
                 failures[slot] += 1
+                resting[slot] = time.monotonic() + RESTART_REST_S * failures[slot]
                 if failures[slot] > give_up:
                     live.discard(slot)
                 continue
