@@ -68,6 +68,15 @@ def measure_conditional(name: str, module: torch.nn.Module, n: int, steps: int |
     return report
 
 
+TARGET_CLASS_ACCURACY = 0.95  # the default guidance scale must give at least this fraction of the requested class
+
+
+def pick_default_guidance(reports: list[dict[str, Any]]) -> float | None:
+    """Among the measured scales reaching TARGET_CLASS_ACCURACY, the one with the lowest FD (None: none does)."""
+    ok = [r for r in reports if r["class_accuracy"] >= TARGET_CLASS_ACCURACY]
+    return min(ok, key=lambda r: r["fd"])["guidance_scale"] if ok else None
+
+
 def _cond_table(reports: list[dict[str, Any]]) -> str:
     head = ("| guidance w | sampler | samples | of the requested class | worst class | feature FD to held-out "
             "| real-vs-real FD | ratio | mean confidence |\n|---|---|---|---|---|---|---|---|---|")
@@ -114,11 +123,13 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
     torch.manual_seed(seed)
     untrained = builtin.build(cfg["model_config"]).eval()
     conditional = builtin.spec.conditional
+    chosen: float | None = None
     if conditional:
         scales = scales or [0.0, 1.0, builtin.spec.default_guidance]
         trained = [measure_conditional(name, module, n, steps_list[0], seed, w) for w in scales]
         baseline = measure_conditional(name, untrained, n, steps_list[0], seed, 1.0)
         table, base_table = _cond_table(trained), _cond_table([baseline])
+        chosen = pick_default_guidance(trained)
     else:
         trained = [measure(name, module, n, s, seed) for s in steps_list]
         baseline = measure(name, untrained, n, steps_list[0], seed)
@@ -130,6 +141,8 @@ def ship(name: str, ckpt: Path, n: int, steps_list: list[int | None], seed: int 
     shipped_cfg["weights_dtype"] = "float16"
     shipped_cfg["quality"] = trained
     shipped_cfg["quality_untrained"] = baseline
+    if conditional:
+        shipped_cfg["guidance_default_measured"] = chosen
     weights.save_json(shipped_cfg, out / ck.CONFIG_FILE)
 
     tr = cfg["train"]
@@ -148,8 +161,11 @@ guidance (`runtime.guidance.GuidedModel`: out = u + w·(c − u); w = 0 uncondit
 one call each), seed {seed}, labels 0..9 cycling ({n // 10} samples per class). "Of the requested
 class": the fraction the project's digits classifier (`ddpm_rt/quality/digits_classifier.py`) puts
 in the class asked for. FD: feature Fréchet distance to the held-out split, with the real-vs-real
-reference (mean ± std over {quality_draws} fixed-seed draws of real training digits). Default
-guidance scale in the catalog: {builtin.spec.default_guidance:g} (`sampler_defaults.guidance_scale`).""")
+reference (mean ± std over {quality_draws} fixed-seed draws of real training digits).
+
+**Default guidance scale:** {"none of the measured scales reaches" if chosen is None else f"w = {chosen:g}"}
+(rule: among the measured scales giving >= {100 * TARGET_CLASS_ACCURACY:.0f}% of the requested class, the lowest FD;
+the catalog's `sampler_defaults.guidance_scale` at the time of measuring: {builtin.spec.default_guidance:g}).""")
     card = f"""# {name} — shipped weights
 
 {builtin.description}.
@@ -176,7 +192,8 @@ Untrained weights (same architecture, same sampler, for scale):
     from ddpm_rt.fsutil import atomic_write_text
 
     atomic_write_text(out / "MODEL_CARD.md", card)
-    return {"trained": trained, "untrained": baseline}
+    return {"trained": trained, "untrained": baseline,
+            **({"guidance_default_measured": chosen} if conditional else {})}
 
 
 def main() -> None:
