@@ -30,6 +30,12 @@ def export(
     prediction_type: Annotated[str | None, typer.Option(help="epsilon | sample | v_prediction | next_sample (default epsilon).")] = None,
     sample_shape: Annotated[str | None, typer.Option(help="One sample's shape: C,H,W or D (needed with --model).")] = None,
     clip: Annotated[str | None, typer.Option(help="Clip of x0^ while sampling: LO,HI or R (= -R,R) or none.")] = None,
+    conditioning: Annotated[str | None, typer.Option(
+        help="--model only: its conditioning inputs after (x, t), as JSON, e.g. "
+             "'[{\"name\": \"class_labels\", \"kind\": \"class\", \"num_classes\": 10, \"null\": 10}]'.")] = None,
+    null_label: Annotated[float | None, typer.Option(
+        help="Class-conditional diffusers UNet: the label it was trained with as 'no label' (enables "
+             "classifier-free guidance; diffusers records none).")] = None,
     precision: Annotated[str, typer.Option(help="Graph precision: fp32 | fp16 | int8 (static QDQ, calibrated on the "
                                            "model's own sampling trajectories; I/O stays float32).")] = "fp32",
     opset: Annotated[int, typer.Option(help="ONNX opset (17..21).")] = 17,
@@ -48,14 +54,16 @@ def export(
         "beta_end": beta_end, "alpha": alpha, "prediction_type": prediction_type,
         "sample_shape": sample_shape, "clip": clip,
     }.items() if v is not None}
+    cond_inputs = parse_conditioning_json(conditioning)
     if precision == "int8":
-        _export_int8(source, out, model, weights, given, allow_pickle, opset, json_out)
+        _export_int8(source, out, model, weights, given, allow_pickle, opset, json_out, cond_inputs, null_label)
         return
     options = ExportOptions(precision=precision, opset=opset, verify=verify, tolerance=tolerance,
                             trajectory_steps=trajectory_steps)
 
     src = resolve_export_source(source, model=model, weights=weights,
-                                flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle)
+                                flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle,
+                                conditioning=cond_inputs, null_label=null_label)
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     manifest = export_bundle(src, out, options, status=stderr_status)
@@ -72,8 +80,28 @@ def export(
                    f"{'; ' + traj if traj else ''})")
 
 
+def parse_conditioning_json(text: str | None) -> tuple | None:
+    """--conditioning JSON → CondInputs (None when not given); a one-line ConfigError otherwise."""
+    if text is None:
+        return None
+    from ddpm_rt.conditioning import parse_conditioning
+    from ddpm_rt.errors import ConfigError
+
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--conditioning is not valid JSON: {e}") from None
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("--conditioning must be a JSON list of objects like "
+                          '{"name": "class_labels", "kind": "class", "num_classes": 10, "null": 10}')
+    return parse_conditioning(entries)
+
+
 def _export_int8(source: str | None, out: Path, model: str | None, weights: Path | None, given: dict,
-                 allow_pickle: bool, opset: int, json_out: bool) -> None:
+                 allow_pickle: bool, opset: int, json_out: bool, conditioning: tuple | None = None,
+                 null_label: float | None = None) -> None:
     """fp32 bundle into a temporary sibling, then its int8 QDQ variant into `out` (exporter.int8)."""
     import shutil
     import tempfile
@@ -85,7 +113,8 @@ def _export_int8(source: str | None, out: Path, model: str | None, weights: Path
 
     check_out_dir(out)
     src = resolve_export_source(source, model=model, weights=weights,
-                                flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle)
+                                flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle,
+                                conditioning=conditioning, null_label=null_label)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{__import__('os').getpid()}.fp32.", suffix=".tmp",
                                 dir=out.parent))

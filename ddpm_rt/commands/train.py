@@ -13,13 +13,16 @@ from ddpm_rt.errors import ConfigError
 
 def train(
     kind: str = typer.Argument(
-        ..., help="built-in model: digits | swissroll | interp-digits | vit-digits"
+        ..., help="built-in model: digits | cond-digits | swissroll | interp-digits | vit-digits"
     ),
     out: Path = typer.Option(..., "--out", "-o", help="checkpoint directory (resumed if it holds one)"),
     steps: int | None = typer.Option(None, help="total optimisation steps (default: the model's own)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="batch size (default: the model's own)"),
     lr: float | None = typer.Option(None, help="peak Adam learning rate (default: the model's own)"),
     seed: int = typer.Option(0, help="seed for init, batches and noise"),
+    label_dropout: float | None = typer.Option(
+        None, "--label-dropout",
+        help="conditional models: probability a training label is replaced by the null label (default: the model's own)"),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
@@ -43,10 +46,12 @@ def train(
         batch_size=batch_size if batch_size is not None else defaults.get("batch_size", 64),
         lr=lr if lr is not None else defaults.get("lr", 1e-3),
         seed=seed,
+        label_dropout=label_dropout if label_dropout is not None else defaults.get("label_dropout", 0.0),
     )
     # the equivalent full command line, recorded in config.json (reproducible from it alone)
     command = (f"ddpm-rt train {kind} --out {shlex.quote(str(out))} --steps {cfg.steps} "
                f"--batch-size {cfg.batch_size} --lr {cfg.lr:g} --seed {seed}"
+               + (f" --label-dropout {cfg.label_dropout:g}" if cfg.label_dropout else "")
                + (f" --threads {threads}" if threads is not None else ""))
     result = run_training(kind, out, cfg, progress=not json_out, command=command)
     summary = {

@@ -128,8 +128,8 @@ def export_bundle(
     if src.load_module is None:
         raise SourceError(f"{src.label} has no PyTorch module to export")
     module = src.load_module().float().eval()
-    contract = replace(CONTRACT, opset=options.opset)
     spec = src.spec
+    contract = replace(CONTRACT, opset=options.opset).for_spec(spec)  # x, t and the conditioning inputs
     tol = options.effective_tolerance
     batches = (contract.min_batch, contract.opt_batch)
     params = int(sum(p.numel() for p in module.parameters()))
@@ -143,11 +143,18 @@ def export_bundle(
         export_onnx(module, spec.sample_shape, t_trace, fp32_path, contract)
         model = onnx.load(str(fp32_path))
         notes = []
-        if restore_unused_inputs(model, contract):
+        restored = restore_unused_inputs(model, contract)
+        if restored:
             onnx.save(model, str(fp32_path))
-            notes.append("the traced graph does not read t (the model ignores its timestep, or tracing "
-                         "fixed a branch on it); t is kept as an unused input")
-            status(f"warning: {notes[-1]}")
+            if contract.t_name in restored:
+                notes.append("the traced graph does not read t (the model ignores its timestep, or tracing "
+                             "fixed a branch on it); t is kept as an unused input")
+            ignored = [n for n in restored if n != contract.t_name]
+            if ignored:
+                notes.append(f"the traced graph does not read {', '.join(ignored)} (the model ignores its "
+                             "conditioning); kept as unused input(s)")
+            for note in notes:
+                status(f"warning: {note}")
         graph = {"parameters": params, "onnx_parameters": parameter_count(model),
                  "macs_per_sample": macs_per_sample(model), "nodes": len(model.graph.node)}
         status(f"exported in {time.perf_counter() - t0:.1f}s ({len(model.graph.node)} nodes)")

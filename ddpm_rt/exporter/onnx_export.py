@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ddpm_rt.bundle.contract import MIN_OPSET, GraphContract
+from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import ExportError, first_line
 
 if TYPE_CHECKING:
@@ -29,25 +30,35 @@ def _denoiser_wrapper(module: torch.nn.Module) -> torch.nn.Module:
     import torch
 
     class Denoiser(torch.nn.Module):
-        """forward(x float32 [B, ...], t float32 [B]) -> float32 [B, ...]."""
+        """forward(x float32 [B, ...], t float32 [B], *cond) -> float32 [B, ...]."""
 
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.inner(x, t).to(torch.float32)
+        def forward(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+            return self.inner(x, t, *cond).to(torch.float32)
 
     return Denoiser(module).eval()
 
 
-def example_inputs(sample_shape: tuple[int, ...], t_value: float, batch: int = TRACE_BATCH):
+def example_inputs(sample_shape: tuple[int, ...], t_value: float, batch: int = TRACE_BATCH,
+                   conditioning: tuple[CondInput, ...] = ()) -> tuple[torch.Tensor, ...]:
+    """(x, t, *cond) to trace with: labels differ per sample (no constant gets baked in)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn((batch, *sample_shape), generator=g)
     t = torch.full((batch,), float(t_value), dtype=torch.float32)
-    return x, t
+    cond = []
+    for c in conditioning:
+        if c.kind == "class":
+            assert c.num_classes is not None
+            cond.append(torch.arange(batch, dtype=torch.int64) % c.num_classes)  # (B,)
+        else:
+            lo, hi = c.range or (-1.0, 1.0)
+            cond.append(lo + (hi - lo) * torch.rand((batch, *c.shape), generator=g))  # (B, *shape)
+    return (x, t, *cond)
 
 
 def export_onnx(
@@ -63,14 +74,17 @@ def export_onnx(
     if contract.opset < MIN_OPSET:
         raise ExportError(f"opset {contract.opset} is too old; use --opset {MIN_OPSET} or newer")
     wrapped = _denoiser_wrapper(module)
-    x, t = example_inputs(sample_shape, t_value)
+    args = example_inputs(sample_shape, t_value, conditioning=contract.conditioning)
+    x, t = args[0], args[1]
     try:
         with torch.no_grad():
-            out = wrapped(x, t)
+            out = wrapped(*args)
     except Exception as e:  # noqa: BLE001 - any failure of user code is an export error
+        extra = "".join(f" {c.name}{tuple(a.shape)} {c.dtype}" for c, a in zip(contract.conditioning, args[2:],
+                                                                                 strict=True))
         raise ExportError(
-            f"the model failed on inputs x{tuple(x.shape)} t{tuple(t.shape)} float32: "
-            f"{type(e).__name__}: {e}"
+            f"the model failed on inputs x{tuple(x.shape)} t{tuple(t.shape)} float32{extra}: "
+            f"{type(e).__name__}: {first_line(e)}"
         ) from None
     if tuple(out.shape) != tuple(x.shape):
         raise ExportError(
@@ -83,7 +97,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapped,
-                (x, t),
+                args,
                 str(path),
                 input_names=list(contract.input_names),
                 output_names=list(contract.output_names),
@@ -99,18 +113,20 @@ def export_onnx(
 def restore_unused_inputs(model: onnx.ModelProto, contract: GraphContract) -> list[str]:
     """Re-add contract inputs the tracer pruned because the model never reads them.
 
-    A model that ignores `t` (or whose use of it was traced away) still gets a `t`
-    input, so every host feeds the same two tensors; returns the names re-added.
+    A model that ignores `t` or a conditioning input (or whose use of it was traced away)
+    still gets that input, so every host feeds the same tensors; returns the names re-added.
     """
     import onnx
 
     present = {i.name for i in model.graph.input}
+    dtypes = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+    shapes = contract.symbolic_shapes(())  # x's shape is never needed: x always feeds the output
     added = []
     for name in contract.input_names:
         if name not in present:
-            assert name == contract.t_name, name  # x always feeds the output shape
+            assert name != contract.x_name, name
             model.graph.input.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [contract.batch_axis])
+                onnx.helper.make_tensor_value_info(name, dtypes[contract.dtypes()[name]], shapes[name])
             )
             added.append(name)
     names = [i.name for i in model.graph.input]

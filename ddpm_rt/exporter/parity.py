@@ -8,6 +8,10 @@ Errors are reported as
 
 for single calls (batch 1 and a larger batch, at the early / middle / late timesteps of the
 model's own sampling plan) and for a whole sampling trajectory with the same noise.
+
+A conditional model's inputs are drawn over their range at every call: class labels from
+0..num_classes-1 with the null label among them (the unconditional half of CFG is verified too),
+tensors uniform over their declared range with one sample at the null fill value.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import ExportError, first_line
 from ddpm_rt.multistep import MULTISTEP
 from ddpm_rt.plan import SamplingPlan
@@ -27,7 +32,7 @@ from ddpm_rt.spec import DiffusionSpec
 if TYPE_CHECKING:
     import torch
 
-ModelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ModelFn = Callable[..., np.ndarray]  # (x, t, *cond) -> out
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 TRAJECTORY_STEPS = 50
 
@@ -42,7 +47,7 @@ def check_graph(path: Path) -> None:
 
 
 class OrtModel:
-    """An ONNX Runtime CPU session as a ``(x, t) -> out`` callable."""
+    """An ONNX Runtime CPU session as a ``(x, t, *cond) -> out`` callable."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -55,23 +60,45 @@ class OrtModel:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise ExportError(f"ONNX Runtime cannot load {path.name}: {first_line(e)}") from None
-        self.x_name, self.t_name = (i.name for i in self.session.get_inputs())
+        self.names = [i.name for i in self.session.get_inputs()]  # x, t, *conditioning (contract order)
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.x_name: x, self.t_name: t})[0]
+    def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        return self.session.run(None, dict(zip(self.names, (x, t, *cond), strict=True)))[0]
 
 
 class TorchModel:
-    """An eager fp32 module as a ``(x, t) -> out`` callable on numpy arrays."""
+    """An eager fp32 module as a ``(x, t, *cond) -> out`` callable on numpy arrays."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module.eval()
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            return self.module(torch.from_numpy(x), torch.from_numpy(t)).float().numpy()
+            args = (torch.from_numpy(a) for a in (x, t, *cond))
+            return self.module(*args).float().numpy()
+
+
+def draw_conditioning(inputs: tuple[CondInput, ...], batch: int, rng: np.random.Generator,
+                      with_null: bool = True) -> list[np.ndarray]:
+    """One array per input, [batch, ...], drawn over its range; the last sample null when `with_null`."""
+    out = []
+    for c in inputs:
+        if c.kind == "class":
+            assert c.num_classes is not None
+            v = rng.integers(0, c.num_classes, batch).astype(np.int64)
+        else:
+            lo, hi = c.range or (-1.0, 1.0)
+            v = rng.uniform(lo, hi, (batch, *c.shape)).astype(np.float32)
+        if with_null and c.null is not None:
+            v[-1] = c.null
+        out.append(v)
+    return out
+
+
+def _describe(inputs: tuple[CondInput, ...], values: list[np.ndarray]) -> dict[str, Any]:
+    return {c.name: v.tolist() for c, v in zip(inputs, values, strict=True) if c.kind == "class"}
 
 
 def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
@@ -107,16 +134,26 @@ def probe_timesteps(spec: DiffusionSpec) -> list[float]:
 def call_parity(
     reference: ModelFn, candidate: ModelFn, spec: DiffusionSpec, batches: tuple[int, ...], seed: int = 0
 ) -> dict[str, Any]:
-    """Single-call errors at each batch size and probe timestep; worst case on top."""
+    """Single-call errors at each batch size and probe timestep; worst case on top.
+
+    Conditioning inputs are drawn per call (`draw_conditioning`); at batch 1, calls alternate
+    between a label and the null so both are seen at every batch size.
+    """
     rng = np.random.default_rng(seed)
     calls = []
+    k = 0
     for batch in batches:
         for t_value in probe_timesteps(spec):
             x = initial_noise((batch, *spec.sample_shape), rng)
             t = np.full((batch,), t_value, dtype=np.float32)
-            err = _errors(candidate(x, t), reference(x, t))
-            calls.append({"batch": batch, "t": t_value, "max_abs": err["max_abs"], "max_rel": err["max_rel"],
-                          "finite": err["finite"]})
+            cond = draw_conditioning(spec.conditioning, batch, rng, with_null=batch > 1 or k % 2 == 1)
+            k += 1
+            err = _errors(candidate(x, t, *cond), reference(x, t, *cond))
+            call = {"batch": batch, "t": t_value, "max_abs": err["max_abs"], "max_rel": err["max_rel"],
+                    "finite": err["finite"]}
+            if cond:
+                call["cond"] = _describe(spec.conditioning, cond)
+            calls.append(call)
     return {
         "max_abs": max(c["max_abs"] for c in calls),
         "max_rel": max(c["max_rel"] for c in calls),
@@ -128,14 +165,19 @@ def trajectory_parity(
     reference: ModelFn, candidate: ModelFn, spec: DiffusionSpec, steps: int = TRAJECTORY_STEPS,
     batch: int = 2, seed: int = 0,
 ) -> dict[str, Any]:
-    """Final-sample error of a whole sampling run (same initial and per-step noise) vs `reference`."""
+    """Final-sample error of a whole sampling run (same initial and per-step noise) vs `reference`.
+
+    A conditional model runs conditioned on labels drawn once (the last sample's null at batch > 1).
+    """
     plan = verification_plan(spec, steps)
     rng = np.random.default_rng(seed)
     x_init = initial_noise((batch, *spec.sample_shape), rng)
     noise = rng.standard_normal((plan.steps, batch, *spec.sample_shape), dtype=np.float32)
-    ref = sample_loop(reference, plan, x_init, noise=noise)
-    got = sample_loop(candidate, plan, x_init, noise=noise)
-    return {"sampler": plan.sampler.sampler, "steps": plan.steps, "batch": batch, **_errors(got, ref)}
+    cond = draw_conditioning(spec.conditioning, batch, rng, with_null=batch > 1)
+    ref = sample_loop(lambda x, t: reference(x, t, *cond), plan, x_init, noise=noise)
+    got = sample_loop(lambda x, t: candidate(x, t, *cond), plan, x_init, noise=noise)
+    extra = {"cond": _describe(spec.conditioning, cond)} if cond else {}
+    return {"sampler": plan.sampler.sampler, "steps": plan.steps, "batch": batch, **extra, **_errors(got, ref)}
 
 
 def check_tolerance(figures: dict[str, Any], tolerance: float, what: str) -> None:

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddpm_rt.conditioning import CLASS_LABELS, CondInput
 from ddpm_rt.errors import SourceError
 from ddpm_rt.schedule import ScheduleSpec
-from ddpm_rt.spec import DiffusionSpec
+from ddpm_rt.spec import GUIDANCE_KEY, DiffusionSpec
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +25,7 @@ WEIGHTS_FILE, CONFIG_FILE, BUNDLE_DIR = "model.safetensors", "config.json", "bun
 class BuiltinModel:
     """One built-in denoiser: contract (spec), constructor kwargs (config) and training data."""
 
-    name: str  # "digits" | "swissroll" | "interp-digits" | "vit-digits"
+    name: str  # "digits" | "cond-digits" | "swissroll" | "interp-digits" | "vit-digits"
     description: str
     spec: DiffusionSpec
     config: dict
@@ -103,6 +104,25 @@ BUILTIN: dict[str, BuiltinModel] = {
             dataset="digits16",
             factory="ddpm_rt.models.patch_vit:PatchViT",
             train_defaults={"steps": 4000, "batch_size": 64, "lr": 1e-3},
+        ),
+        BuiltinModel(
+            name="cond-digits",
+            description="class-conditional digits: the seed-001 U-Net of `digits` with a class embedding "
+            "(10 digits + a null label, trained by label dropout) added to the time embedding, "
+            "sampled with classifier-free guidance; linear betas 1e-4..0.02, T=1000, epsilon",
+            spec=DiffusionSpec(
+                schedule=ScheduleSpec(kind="linear", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02),
+                prediction_type="epsilon",
+                sample_shape=(1, 16, 16),
+                clip=(-1.0, 1.0),
+                sampler_defaults={GUIDANCE_KEY: 2.0},
+                conditioning=(CondInput(CLASS_LABELS, "class", num_classes=10, null=10),),
+            ),
+            config={"in_channels": 1, "base_channels": 32, "channel_mult": [1, 2, 2],
+                    "num_res_blocks": 1, "attn_levels": [1], "heads": 1, "num_classes": 10},
+            dataset="digits16",
+            factory="ddpm_rt.models.unet:UNet",
+            train_defaults={"steps": 2000, "batch_size": 64, "lr": 2e-3, "label_dropout": 0.15},
         ),
     )
 }

@@ -57,7 +57,12 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps = UNet(x_t, t): x float32 [B, C, H, W], t float32 [B] (train index), output [B, C, H, W]."""
+    """eps = UNet(x_t, t[, class_labels]): x float32 [B, C, H, W], t float32 [B] (train index), output [B, C, H, W].
+
+    With ``num_classes`` set, the model is class-conditional: an ``nn.Embedding(num_classes + 1,
+    emb_dim)`` is added to the time embedding, and id ``num_classes`` is the null ("no label") class
+    trained by label dropout, so one network gives both halves of classifier-free guidance.
+    """
 
     def __init__(
         self,
@@ -69,10 +74,14 @@ class UNet(nn.Module):
         heads: int = 1,
         dropout: float = 0.0,
         mid_attention: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         emb_dim = 4 * base_channels
         self.time = TimestepMLP(base_channels, emb_dim)
+        self.num_classes = num_classes
+        # index num_classes = the null label; absent for unconditional models (state dict unchanged)
+        self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         chans = [base_channels * m for m in channel_mult]
 
@@ -111,8 +120,15 @@ class UNet(nn.Module):
         self.levels = len(chans)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         emb = self.time(t)  # (B, emb_dim)
+        if self.class_embed is not None:
+            if class_labels is None:
+                raise ValueError("this UNet is class-conditional: pass class_labels (int64 [B]; "
+                                 f"{self.num_classes} = no label)")
+            emb = emb + self.class_embed(class_labels)  # (B, emb_dim)
+        elif class_labels is not None:
+            raise ValueError("this UNet is unconditional (num_classes unset) but got class_labels")
         h = self.conv_in(x)
         skips = [h]
         i = 0

@@ -10,6 +10,18 @@ DiffusionSpec:
     clip_sample, clip_sample_range                          → clip (-r, r) of x0^
     prediction_type, variance_type, timestep_spacing, steps_offset, set_alpha_to_one
                                                             → prediction type / sampler defaults
+
+A class-conditional UNet2DModel gets one conditioning input, `class_labels` (diffusers' name),
+shaped as its `class_embed_type` takes it (`unet_conditioning`):
+
+    None + num_class_embeds  nn.Embedding table  → class   int64 [B], ids 0..num_class_embeds-1
+    "timestep"  (positional) time_proj → MLP     → tensor  float32 [B], range 0..T (a level, like t)
+    "timestep"  (learned)    nn.Embedding(T)     → class   int64 [B], ids 0..T-1
+    "identity"               added as it is      → tensor  float32 [B, time_embed_dim]
+
+diffusers has no notion of a null ("no label") value: `--null-label N` says which value the
+model was trained with as "unconditional"; without it the null is None and classifier-free
+guidance is refused.
 """
 
 from __future__ import annotations
@@ -19,10 +31,12 @@ import io
 import json
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ddpm_rt.errors import SourceError
+from ddpm_rt.conditioning import CLASS_LABELS, CondInput
+from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.fsutil import file_sha256
 from ddpm_rt.schedule import ScheduleSpec
 from ddpm_rt.sources.flags import ScheduleFlags
@@ -140,8 +154,6 @@ def read_unet_config(unet_dir: Path, allow_pickle: bool) -> tuple[dict[str, Any]
     config = _read_json(cfg_path)
     if config.get("_class_name", UNET_CLASS) != UNET_CLASS:
         raise SourceError(f"{cfg_path}: model class {config['_class_name']!r} is not supported; only {UNET_CLASS}")
-    if config.get("num_class_embeds") or config.get("class_embed_type"):
-        raise SourceError(f"{cfg_path}: class-conditional UNets are not supported (unconditional denoisers only)")
     if config.get("in_channels", 3) != config.get("out_channels", 3):
         raise SourceError(
             f"{cfg_path}: out_channels {config.get('out_channels', 3)} != in_channels {config.get('in_channels', 3)} "
@@ -159,6 +171,43 @@ def read_unet_config(unet_dir: Path, allow_pickle: bool) -> tuple[dict[str, Any]
             "or pass --allow-pickle to load it with torch.load(weights_only=True)"
         )
     return config, pickle
+
+
+CLASS_EMBED_TYPES = (None, "timestep", "identity")  # what UNet2DModel builds a class embedding for
+
+
+def unet_conditioning(config: dict[str, Any], null_label: float | None, where: Path) -> tuple[CondInput, ...]:
+    """The conditioning input of a UNet2DModel config (see the module docstring); () if unconditional."""
+    kind, n = config.get("class_embed_type"), config.get("num_class_embeds")
+    if kind not in CLASS_EMBED_TYPES:
+        raise SourceError(f"{where}: class_embed_type {kind!r} is not one UNet2DModel builds (None with "
+                          "num_class_embeds, 'timestep', 'identity'); diffusers would silently ignore the labels")
+    if kind is None and not n:
+        if null_label is not None:
+            raise ConfigError(f"--null-label: {where} is an unconditional UNet (no class embedding)")
+        return ()
+    if kind is None or (kind == "timestep" and config.get("time_embedding_type", "positional") == "learned"):
+        rows = int(n) if kind is None else int(config.get("num_train_timesteps") or 0)
+        if rows < 1:
+            raise SourceError(f"{where}: a learned timestep embedding needs num_train_timesteps in the config")
+        null = None
+        if null_label is not None:
+            if not float(null_label).is_integer() or not 0 <= null_label < rows:
+                raise ConfigError(f"--null-label must be a class id in 0..{rows - 1} (the embedding has {rows} rows), "
+                                  f"got {null_label:g}")
+            null = int(null_label)
+        # a null in the table's last row is the extra "no label" row: the classes are the rows before it
+        classes = rows - 1 if null is not None and null == rows - 1 and rows > 1 else rows
+        return (CondInput(CLASS_LABELS, "class", num_classes=classes, null=null),)
+    if kind == "timestep":
+        if config.get("time_embedding_type", "positional") == "fourier":
+            raise SourceError(f"{where}: a 'timestep' class embedding with a fourier time embedding takes log() "
+                              "of the label; not supported")
+        T = float(config.get("num_train_timesteps") or 1000)
+        return (CondInput(CLASS_LABELS, "tensor", shape=(), range=(0.0, T), null=null_label),)
+    blocks = config.get("block_out_channels") or (224, 448, 672, 896)
+    dim = int(config.get("time_embedding_dim") or 4 * int(blocks[0]))
+    return (CondInput(CLASS_LABELS, "tensor", shape=(dim,), range=(-1.0, 1.0), null=null_label),)
 
 
 def load_unet(unet_dir: Path, allow_pickle: bool) -> torch.nn.Module:
@@ -197,23 +246,24 @@ def _wrap(unet: torch.nn.Module) -> torch.nn.Module:
     import torch
 
     class DiffusersDenoiser(torch.nn.Module):
-        """forward(x float32 [B, C, H, W], t float32 [B]) -> UNet2DModel(x, t).sample."""
+        """forward(x float32 [B, C, H, W], t float32 [B][, class_labels]) -> UNet2DModel(x, t, class_labels).sample."""
 
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.unet = inner
 
-        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def forward(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
             # UNet2DModel embeds t with sinusoids in float32; a float timestep gives the
             # same embedding as the integer index, so no cast to int64 is needed.
-            return self.unet(x, t, return_dict=False)[0]
+            return self.unet(x, t, class_labels=cond[0] if cond else None, return_dict=False)[0]
 
     return DiffusersDenoiser(unet).eval()
 
 
 def diffusers_source(path: Path, layout: str, flags: ScheduleFlags | None = None,
-                     allow_pickle: bool = False) -> ModelSource:
-    """A ModelSource from a diffusers pipeline or bare UNet folder (flags: for a bare UNet only)."""
+                     allow_pickle: bool = False, null_label: float | None = None) -> ModelSource:
+    """A ModelSource from a diffusers pipeline or bare UNet folder (flags: for a bare UNet only;
+    `null_label`: the class-conditional UNet's unconditional label, `--null-label`)."""
     path = Path(path).resolve()
     unet_dir = path / "unet" if layout == "pipeline" else path
     config, weights = read_unet_config(unet_dir, allow_pickle)
@@ -234,6 +284,12 @@ def diffusers_source(path: Path, layout: str, flags: ScheduleFlags | None = None
         spec = flags.diffusion_spec(shape)
         if spec.sample_shape[0] != shape[0]:
             raise SourceError(f"--sample-shape {spec.sample_shape} does not match the UNet's in_channels {shape[0]}")
+    conditioning = unet_conditioning(config, null_label, unet_dir / "config.json")
+    if conditioning:
+        spec = replace(spec, conditioning=conditioning)
+        if null_label is None:
+            notes.append(f"{conditioning[0].describe()}: diffusers records no null label, so classifier-free "
+                         "guidance is off; export with --null-label N if the model learned one")
     files = {"unet_config": file_sha256(unet_dir / "config.json"), "weights": file_sha256(weights)}
     key = content_key({"kind": "diffusers", "spec": spec.to_dict(), **files})
     info = {"diffusers_class": UNET_CLASS, "unet_config": {k: v for k, v in config.items() if not k.startswith("_")}}

@@ -1,13 +1,21 @@
-"""Your own module as a source: `package.module:factory` plus a weights file (export only)."""
+"""Your own module as a source: `package.module:factory` plus a weights file (export only).
+
+A conditional module (``forward(x, t, *cond)``) declares its conditioning inputs on the command
+line, `--conditioning JSON`: a list of `CondInput` dicts in the order forward takes them, e.g.
+``[{"name": "class_labels", "kind": "class", "num_classes": 10, "null": 10}]``
+(`ddpm_rt.conditioning`), the same way its schedule comes from the schedule flags.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.fsutil import file_sha256
 from ddpm_rt.sources.flags import ScheduleFlags
@@ -42,12 +50,13 @@ def import_factory(ref: str) -> Any:
     return obj
 
 
-def module_source(ref: str, weights: Path | None, flags: ScheduleFlags, allow_pickle: bool) -> ModelSource:
+def module_source(ref: str, weights: Path | None, flags: ScheduleFlags, allow_pickle: bool,
+                  conditioning: tuple[CondInput, ...] = ()) -> ModelSource:
     """Import and build the module now (user code fails early, with its own message)."""
     import torch
 
     factory = import_factory(ref)
-    spec = flags.diffusion_spec()
+    spec = replace(flags.diffusion_spec(), conditioning=tuple(conditioning))
     try:
         module = factory()
     except Exception as e:  # noqa: BLE001 - user code

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ddpm_rt.bundle.load import load_bundle
 from ddpm_rt.bundle.manifest import MANIFEST_FILE
+from ddpm_rt.conditioning import CondInput
 from ddpm_rt.errors import ConfigError, SourceError
 from ddpm_rt.models.catalog import BUILTIN, DEFAULT_MODEL
 from ddpm_rt.sources.builtin import builtin_source
@@ -89,18 +90,28 @@ def resolve_export_source(
     weights: Path | None = None,
     flags: ScheduleFlags | None = None,
     allow_pickle: bool = False,
+    conditioning: tuple[CondInput, ...] | None = None,
+    null_label: float | None = None,
 ) -> ModelSource:
     """Resolve the SOURCE argument / --model option of `ddpm-rt export`.
 
     `flags` are the schedule flags the user actually gave (None = none): they apply to a
     module or a bare UNet folder; for a source that carries its own schedule they are refused.
+    `conditioning` (--conditioning) declares a --model module's conditioning inputs; `null_label`
+    (--null-label) is a class-conditional diffusers UNet's unconditional label.
     """
     if model is not None:
         if source is not None:
             raise ConfigError("give either SOURCE or --model package.module:factory, not both")
+        if null_label is not None:
+            raise ConfigError("--null-label goes with a diffusers UNet folder; for --model, give the null in "
+                              "--conditioning")
         from ddpm_rt.sources.module import module_source
 
-        return module_source(model, weights, flags or ScheduleFlags(), allow_pickle)
+        return module_source(model, weights, flags or ScheduleFlags(), allow_pickle, conditioning or ())
+    if conditioning is not None:
+        raise ConfigError("--conditioning goes with --model package.module:factory; other sources carry their own "
+                          "(a diffusers UNet's comes from its config, with --null-label)")
     if source is None:
         raise ConfigError(
             "nothing to export: give a built-in name, a checkpoint or diffusers folder, "
@@ -110,11 +121,13 @@ def resolve_export_source(
         raise ConfigError("--weights goes with --model package.module:factory")
     path = Path(source)
     if source not in BUILTIN and path.exists() and (layout := detect(path)) is not None:
-        src = diffusers_source(path, layout, flags, allow_pickle)
+        src = diffusers_source(path, layout, flags, allow_pickle, null_label)
         if flags is not None and layout == "pipeline" and (path / "scheduler" / "scheduler_config.json").is_file():
             raise ConfigError(f"{source} is a diffusers pipeline: its scheduler config sets the schedule; "
                               "drop --schedule/--num-train-timesteps/--beta-*/--prediction-type/--clip")
         return src
+    if null_label is not None:
+        raise ConfigError(f"--null-label goes with a diffusers UNet folder; {source} carries its own conditioning")
     if flags is not None:
         what = "built-in model" if source in BUILTIN else "checkpoint or bundle"
         raise ConfigError(f"{source} is a {what} that carries its own schedule; drop --schedule/"

@@ -9,6 +9,10 @@ Losses (x0 a data batch, z ~ N(0, I)):
   x_k = x0·(1-a_k) + n·a_k, target x_{k+1}; loss = |x_{k+1} - f(x_k, k)| (MAE, as the seed).
 * alpha_power (seed 004): n ~ U(0, n_max] (continuous, so respaced levels alpha'^n' are covered),
   A_n = alpha^n·x0 + (1-alpha^n)·N, loss = |N - f(A_n, alpha^n)|².
+
+A class-conditional model (its spec declares a class input) gets the batch's labels as a third
+argument, each replaced by the null id with probability `label_dropout` (Ho & Salimans 2022,
+p_uncond), so one network learns f(x, t, y) and f(x, t, ∅) — both halves of classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     log_every: int = 100
     checkpoint_every: int = 500
+    label_dropout: float = 0.0  # conditional models: P(label -> null) per sample (p_uncond)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
@@ -67,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
 
 
 @dataclass
@@ -101,24 +108,49 @@ class DiffusionLoss:
         else:
             self.log_alpha = math.log(sched.alpha)
 
-    def __call__(self, model: torch.nn.Module, x0: Tensor, gen: torch.Generator) -> Tensor:
+    def __call__(self, model: torch.nn.Module, x0: Tensor, gen: torch.Generator,
+                 cond: tuple[Tensor, ...] = ()) -> Tensor:
         b = x0.shape[0]
         shape = (b,) + (1,) * (x0.dim() - 1)  # broadcast per-sample scalars over x
         z = torch.randn(x0.shape, generator=gen)
         if self.family == "vp":
             t = torch.randint(0, self.T, (b,), generator=gen)
             x_t = self.signal[t].view(shape) * x0 + self.noise[t].view(shape) * z
-            return torch.mean((model(x_t, t.float()) - z) ** 2)
+            return torch.mean((model(x_t, t.float(), *cond) - z) ** 2)
         if self.family == "interp":
             k = torch.randint(0, self.T, (b,), generator=gen)
             a, a_next = self.levels[k].view(shape), self.levels[k + 1].view(shape)
             x_k = x0 * (1 - a) + z * a
             x_next = x0 * (1 - a_next) + z * a_next
-            return torch.mean(torch.abs(model(x_k, k.float()) - x_next))
+            return torch.mean(torch.abs(model(x_k, k.float(), *cond) - x_next))
         n = (1.0 - torch.rand(b, generator=gen)) * self.T  # U(0, n_max]
         level = torch.exp(n * self.log_alpha)  # alpha^n, (B,)
         a_n = level.view(shape) * x0 + (1 - level.view(shape)) * z
-        return torch.mean((model(a_n, level) - z) ** 2)
+        return torch.mean((model(a_n, level, *cond) - z) ** 2)
+
+
+def _class_labels(spec: DiffusionSpec, labels: np.ndarray | None, cfg: TrainConfig, kind: str) -> Tensor | None:
+    """The training labels of a class-conditional spec (None for an unconditional one)."""
+    if not spec.conditioning:
+        return None
+    if len(spec.conditioning) != 1 or spec.conditioning[0].kind != "class":
+        raise ConfigError(f"{kind}: the trainer supports one class-label conditioning input, "
+                          f"not {[c.describe() for c in spec.conditioning]}")
+    cond = spec.conditioning[0]
+    if labels is None:
+        raise ConfigError(f"{kind} is class-conditional but its dataset has no labels")
+    if cond.null is not None and cfg.label_dropout == 0.0:
+        raise ConfigError(f"{kind} declares null label {int(cond.null)} but label_dropout is 0, so the null "
+                          "would never be trained; give --label-dropout (e.g. 0.15)")
+    return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+
+
+def _drop_labels(y: Tensor, null: float | None, p: float, gen: torch.Generator) -> Tensor:
+    """Each label replaced by the null id with probability p (classifier-free guidance training)."""
+    if null is None or p == 0.0:
+        return y
+    drop = torch.rand(y.shape, generator=gen) < p  # (B,)
+    return torch.where(drop, torch.full_like(y, int(null)), y)
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -179,7 +211,10 @@ def train(
 
     builtin = get_builtin(kind)
     out = Path(out)
-    data = torch.from_numpy(np.ascontiguousarray(load_dataset(builtin.dataset).train))
+    dataset = load_dataset(builtin.dataset)
+    data = torch.from_numpy(np.ascontiguousarray(dataset.train))
+    labels = _class_labels(builtin.spec, dataset.train_labels, cfg, kind)  # None: unconditional
+    null = builtin.spec.conditioning[0].null if labels is not None else None
     loss_fn = DiffusionLoss(builtin.spec)
 
     torch.manual_seed(cfg.seed)  # parameter init
@@ -247,7 +282,8 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=gen)
-            loss = loss_fn(model, data[idx], gen)
+            cond = () if labels is None else (_drop_labels(labels[idx], null, cfg.label_dropout, gen),)
+            loss = loss_fn(model, data[idx], gen, cond)
             if not torch.isfinite(loss):
                 raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
             opt.zero_grad(set_to_none=True)

@@ -23,6 +23,7 @@ TINY = {
     "swissroll": {"hidden": 32},
     "interp-digits": {"channels": 8, "t_dim": 16, "bottleneck": 16},
     "vit-digits": {"dim": 32, "depth": 1, "heads": 2},
+    "cond-digits": {"base_channels": 8, "channel_mult": [1, 2], "attn_levels": [1]},
 }
 
 
@@ -31,10 +32,14 @@ def _cfg(steps: int, **kw) -> TrainConfig:
     return TrainConfig(steps=steps, **{**base, **kw})
 
 
+def _cfg_for(kind: str, steps: int) -> TrainConfig:
+    return _cfg(steps, label_dropout=BUILTIN[kind].train_defaults.get("label_dropout", 0.0))
+
+
 @pytest.mark.parametrize("kind", sorted(TINY))
 def test_a_few_steps_reduce_the_loss(kind: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    res = train(kind, tmp_path / kind, _cfg(60), progress=False, model_config=TINY[kind])
+    res = train(kind, tmp_path / kind, _cfg_for(kind, 60), progress=False, model_config=TINY[kind])
     losses = [h[1] for h in res.history]
     assert res.step == 60 and len(losses) == 6
     assert losses[-1] < 0.85 * losses[0], losses
@@ -58,6 +63,40 @@ def test_training_is_deterministic_and_resumable(tmp_path: Path) -> None:
     # already there: nothing to do, nothing rewritten
     d = train("swissroll", tmp_path / "a", _cfg(70), progress=False)
     assert d.step == d.start_step == 70
+
+
+def test_conditional_training_feeds_labels_with_dropout(tmp_path: Path, monkeypatch) -> None:
+    from ddpm_rt.train import trainer
+
+    seen: list[torch.Tensor] = []
+    real = trainer.DiffusionLoss.__call__
+
+    def spy(self, model, x0, gen, cond=()):
+        seen.append(cond[0].clone())
+        return real(self, model, x0, gen, cond)
+
+    monkeypatch.setattr(trainer.DiffusionLoss, "__call__", spy)
+    train("cond-digits", tmp_path / "c", _cfg(40, batch_size=64, label_dropout=0.2), progress=False,
+          model_config=TINY["cond-digits"])
+    labels = torch.cat(seen)
+    assert labels.dtype == torch.int64 and labels.shape == (40 * 64,)
+    null = BUILTIN["cond-digits"].spec.conditioning[0].null
+    frac_null = (labels == null).float().mean().item()
+    assert 0.15 < frac_null < 0.25, frac_null  # p_uncond = 0.2
+    assert set(labels.unique().tolist()) == set(range(11))
+    # the checkpoint loads as a conditional module with its spec
+    module, spec, cfg = load_checkpoint(tmp_path / "c")
+    assert spec == BUILTIN["cond-digits"].spec and cfg["train"]["label_dropout"] == 0.2
+    x = torch.from_numpy(load_dataset("digits16").heldout[:4])
+    with torch.inference_mode():
+        assert module(x, torch.full((4,), 10.0), torch.tensor([0, 1, 2, 10])).shape == x.shape
+
+
+def test_conditional_training_refuses_an_untrained_null(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="null label 10 but label_dropout is 0"):
+        train("cond-digits", tmp_path, _cfg(5), progress=False, model_config=TINY["cond-digits"])
+    with pytest.raises(ConfigError, match=r"label_dropout must lie in \[0, 1\)"):
+        _cfg(5, label_dropout=1.0)
 
 
 def test_resume_refuses_another_kind(tmp_path: Path) -> None:
@@ -113,21 +152,26 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
 
 def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ck"
-    train_command("swissroll", out, steps=20, batch_size=16, lr=1e-3, seed=1, threads=None, json_out=True)
+    train_command("swissroll", out, steps=20, batch_size=16, lr=1e-3, seed=1, threads=None, json_out=True,
+                  label_dropout=None)
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 20 and summary["kind"] == "swissroll" and summary["final_loss"] > 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["command"].startswith("ddpm-rt train swissroll --out")
     with pytest.raises(SourceError, match="unknown built-in model"):
-        train_command("cifar", out, steps=1, batch_size=1, lr=1e-3, seed=0, threads=None, json_out=True)
+        train_command("cifar", out, steps=1, batch_size=1, lr=1e-3, seed=0, threads=None, json_out=True,
+                      label_dropout=None)
     with pytest.raises(ConfigError, match="steps must be >= 1"):
-        train_command("swissroll", tmp_path / "x", steps=0, batch_size=1, lr=1e-3, seed=0, threads=None, json_out=True)
+        train_command("swissroll", tmp_path / "x", steps=0, batch_size=1, lr=1e-3, seed=0, threads=None, json_out=True,
+                      label_dropout=None)
     with pytest.raises(ConfigError, match="lr must be > 0"):
-        train_command("swissroll", tmp_path / "x", steps=1, batch_size=1, lr=-1.0, seed=0, threads=None, json_out=True)
+        train_command("swissroll", tmp_path / "x", steps=1, batch_size=1, lr=-1.0, seed=0, threads=None, json_out=True,
+                      label_dropout=None)
     f = tmp_path / "file"
     f.write_text("")
     with pytest.raises(ConfigError, match="is a file"):
-        train_command("swissroll", f, steps=1, batch_size=1, lr=1e-3, seed=0, threads=None, json_out=True)
+        train_command("swissroll", f, steps=1, batch_size=1, lr=1e-3, seed=0, threads=None, json_out=True,
+                      label_dropout=None)
 
 
 def test_datasets_are_fixed_and_in_range() -> None:

@@ -112,3 +112,34 @@ def make_source(name: str, path: Path, seed: int = 0, spec: DiffusionSpec | None
     write_manifest(export(module, spec.sample_shape, path), spec)
     return ModelSource(SourceKind.MODULE, f"test:{name}", spec, weights_key(module), bundle=path,
                        load_module=lambda: module)
+
+
+def make_class_unet(root: Path, class_embed_type: str | None = None, num_class_embeds: int | None = 11,
+                    seed: int = 0, out_scale: float = 1.0, **config) -> Path:
+    """A tiny random class-conditional UNet2DModel saved as a bare folder (3×8×8 samples).
+
+    The class embedding is scaled up so the label visibly changes the output (an untrained
+    table would barely move it, and a parity test would not see a swapped label); `out_scale`
+    scales the output convolution (a random net's large gain makes long trajectories chaotic).
+    """
+    import warnings
+
+    import torch
+
+    warnings.simplefilter("ignore")
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    base = {"sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": (16, 32),
+            "layers_per_block": 1, "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+            "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "norm_num_groups": 8}
+    unet = UNet2DModel(**{**base, **config}, class_embed_type=class_embed_type,
+                       num_class_embeds=num_class_embeds if class_embed_type is None else None)
+    with torch.no_grad():
+        for p in (unet.class_embedding.parameters() if unet.class_embedding is not None else ()):
+            p.mul_(4.0)
+        unet.conv_out.weight.mul_(out_scale)
+        unet.conv_out.bias.mul_(out_scale)
+    path = root / f"unet-{class_embed_type or 'table'}"
+    unet.save_pretrained(path)
+    return path

@@ -89,3 +89,21 @@ class NonFinite(nn.Module):
 def make_nonfinite() -> nn.Module:
     torch.manual_seed(0)
     return NonFinite()
+
+
+class TinyCondMLP(nn.Module):
+    """eps = f(x [B, 2], t [B], class_labels int64 [B], style float32 [B, 3]): two conditioning inputs."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes + 1, 8)
+        self.net = nn.Sequential(nn.Linear(3 + 8 + 3, 32), nn.SiLU(), nn.Linear(32, 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor,
+                style: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t[:, None] / 1000.0, self.embed(class_labels), style], dim=1))
+
+
+def make_cond_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCondMLP()
