@@ -6,13 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
 from ddpm_rt.commands import options as opt
 from ddpm_rt.registry import BACKEND_NAMES
+
+if TYPE_CHECKING:
+    from ddpm_rt.sources import ModelSource
+    from ddpm_rt.spec import DiffusionSpec
 
 
 def sample(
@@ -99,7 +103,8 @@ def sample(
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     spec = src.spec
-    cond, batch, note, per_row = opt.conditioning_values(spec, batch, class_label, classes, labels)
+    label_spec = _classifier_label_spec(src) if classifier_scale and not spec.conditioning else spec
+    cond, batch, note, per_row = opt.conditioning_values(label_spec, batch, class_label, classes, labels)
     if note:
         typer.echo(note, err=True)
     edit = opt.edit_request(spec, batch, init, mask, mask_means, strength)
@@ -214,3 +219,19 @@ def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: i
         typer.echo(f"{out}: {s.num} samples in {s.shards} shards; computed {len(s.computed)}, kept "
                    f"{len(s.skipped)} ({s.samples_per_s:.1f} samples/s on {s.stats.workers} worker(s), "
                    f"{spec.backend} {spec.precision})")
+
+
+def _classifier_label_spec(src: ModelSource) -> DiffusionSpec:
+    """An unconditional model's spec with its bundle's classifier labels, to read --class/--classes/--labels
+    (classifier guidance: the labels go to the classifier only)."""
+    from dataclasses import replace
+
+    from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.errors import ConfigError
+    from ddpm_rt.runtime.classifier import CLASSIFIER_SECTION, classifier_labels
+
+    bundle = load_bundle(src.bundle) if src.bundle is not None else None
+    if bundle is None or not bundle.manifest.get(CLASSIFIER_SECTION):
+        raise ConfigError(f"{src.label} carries no classifier for --classifier-scale; attach one with "
+                          "`ddpm-rt attach-classifier BUNDLE`, or drop --classifier-scale")
+    return replace(src.spec, conditioning=(classifier_labels(bundle),))
