@@ -154,9 +154,9 @@ def _check_fits(bundle_spec: Any, info: dict[str, Any], model: NoisyDigitsClassi
 def attach_classifier(bundle_dir: Path, classifier_dir: Path = ASSET_DIR) -> dict[str, Any]:
     """Write `classifier_grad.onnx` into `bundle_dir` and the manifest section ``classifier``; returns the section."""
     bundle_dir = Path(bundle_dir)
+    if bundle_dir.is_file():
+        raise BundleError(f"{bundle_dir} is a file; attach a classifier to a bundle directory (from ddpm-rt export)")
     bundle = load_bundle(bundle_dir)  # checks the denoiser's hash first: never attach to a broken bundle
-    if not bundle.directory.is_dir() or not (bundle.directory / MANIFEST_FILE).is_file():
-        raise BundleError(f"{bundle_dir} is a bare .onnx; attach a classifier to a bundle directory")
     model, info = load_noisy_classifier(classifier_dir)
     _check_fits(bundle.spec, info, model, bundle_dir)
     labels = CondInput(CLASS_LABELS, "class", num_classes=int(model.config["num_classes"]))
