@@ -157,10 +157,10 @@ def test_guidance_steers_the_shipped_digits_model_to_the_class(tmp_path):
     plan = src.spec.plan(SamplerSpec("ddim", 20))
     x_init = np.random.default_rng(0).standard_normal((n, *src.spec.sample_shape)).astype(np.float32)
     hit = {}
-    for s in (0.0, 8.0):
+    for s in (0.0, 2.0):
         with open_run(src, "ort", chunk=n, threads=1, cond={"class_labels": labels} if s else None,
                       classifier_scale=s) as run:
             out = run.sample(plan, x_init, rng=np.random.default_rng(1))
         hit[s] = float(np.mean(features_and_probs(out)[1].argmax(1) == labels))
     assert hit[0.0] <= 0.3  # unguided: about chance
-    assert hit[8.0] >= hit[0.0] + 0.4, hit  # guided: most samples are the class asked for
+    assert hit[2.0] >= hit[0.0] + 0.4, hit  # guided: most samples are the class asked for
