@@ -90,6 +90,9 @@ def sample(
     if num is not None:
         if init is not None or mask is not None or repaint_jump is not None:
             raise ConfigError("--num runs from noise; --init/--mask/--repaint-* edit one batch (drop --num)")
+        if classifier_scale:
+            raise ConfigError("--classifier-scale guides one batch; sharded --num runs do not carry the "
+                              "classifier yet (drop --num, or sample batches with --batch)")
         _sample_shards(source, num, shard_size, micro_batch, executor, address, workers, gpus_per_worker,
                        out=out, steps=steps, seed=seed, backend=backend, threads=threads,
                        precision=precision, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,

@@ -134,7 +134,9 @@ def test_sample_command_with_classifier_scale(bundles, tmp_path, capsys):
     for args, message in (([str(plain), "--class", "3", "--classifier-scale", "2"], "carries no classifier"),
                           ([str(uncond), "--class", "3"], "this model is unconditional"),
                           ([str(uncond), "--class", "3", "--classifier-scale", "2", "--guidance", "3"],
-                           "this model is unconditional")):
+                           "this model is unconditional"),
+                          ([str(uncond), "--class", "3", "--classifier-scale", "2", "--num", "4"],
+                           "sharded --num runs do not carry the classifier")):
         bad = call_main(capsys, "sample", *args, "--steps", "2", "--batch", "2", "--backend", "ort",
                         "--out", str(tmp_path / "bad.npy"))
         assert bad.returncode != 0 and message in bad.stderr, bad.stderr
