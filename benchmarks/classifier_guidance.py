@@ -13,7 +13,8 @@ Judge: the project's clean-digits classifier (quality/digits_classifier.py): the
 classified as the class asked for (chance: 10%), and the feature FD to the held-out split beside the
 real-vs-real reference of the same size (quality/report.py).
 
-Writes benchmarks/results/classifier_guidance.{json,md} (rewritten after every scale).
+Writes benchmarks/results/STEM.{json,md,png} (rewritten after every scale; the PNG: one row per
+scale, the first sample of each class 0..9).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=250)
     p.add_argument("--classifier", type=Path, default=None, help="classifier directory (default: the shipped one)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--stem", default="classifier_guidance", help="result file names: STEM.{json,md,png}")
     args = p.parse_args()
 
     import os
@@ -109,6 +111,7 @@ def main() -> None:
     from ddpm_rt.exporter.classifier_export import attach_classifier, load_noisy_classifier
     from ddpm_rt.fsutil import atomic_write_text
     from ddpm_rt.models.noisy_classifier import ASSET_DIR
+    from ddpm_rt.output import save_samples
     from ddpm_rt.plan import SamplerSpec
     from ddpm_rt.runtime.loop import initial_noise
     from ddpm_rt.sampling import open_run
@@ -121,7 +124,9 @@ def main() -> None:
     labels = (np.arange(args.n) % 10).astype(np.int64)
     env = environment(args.threads)
     cmd = ("PYTHONPATH=. python -m benchmarks.classifier_guidance "
-           f"--n {args.n} --steps {args.steps} --scales {args.scales} --threads {args.threads} --chunk {args.chunk}")
+           f"--n {args.n} --steps {args.steps} --scales {args.scales} --threads {args.threads} --chunk {args.chunk}"
+           + (f" --stem {args.stem}" if args.stem != "classifier_guidance" else ""))
+    grid: list[np.ndarray] = []  # the first 10 samples (classes 0..9) of every scale, one row each
     with tempfile.TemporaryDirectory(prefix="ddpm-rt-clf-") as tmp:
         bundle = Path(tmp) / "digits-with-classifier"
         shutil.copytree(shipped, bundle)
@@ -146,14 +151,17 @@ def main() -> None:
                 out = run.sample(plan, x_init, rng=rng)
                 secs = time.perf_counter() - t0
             row = {"scale": s, "seconds": round(secs, 2), **_judge(out, labels)}
+            grid.append(out[:10])
             result["rows"].append(row)
             result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
             log(f"s={s:g}: requested {row['requested_fraction']:.1%}, FD {row['fd']:.2f} "
                 f"(real-vs-real {row['fd_real_vs_real']:.2f}), {secs:.0f}s")
             args.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(args.out / "classifier_guidance.json", json.dumps(result, indent=2) + "\n")
-            atomic_write_text(args.out / "classifier_guidance.md", _markdown(result))
-    log(f"wrote {args.out / 'classifier_guidance'}.{{json,md}}")
+            atomic_write_text(args.out / f"{args.stem}.json", json.dumps(result, indent=2) + "\n")
+            atomic_write_text(args.out / f"{args.stem}.md", _markdown(result))
+            save_samples(np.concatenate(grid), src.spec, args.out / f"{args.stem}.png",
+                         f"rows: s = {args.scales}; columns: classes 0..9", cols=10)
+    log(f"wrote {args.out / args.stem}.{{json,md,png}}")
 
 
 if __name__ == "__main__":
