@@ -40,6 +40,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("export", "export", "export"),
     ("inspect", "inspect", "inspect"),
     ("export-sampler", "export_sampler", "export_sampler"),
+    ("attach-classifier", "attach_classifier", "attach_classifier"),
     ("web", "web", "web"),
 ]
 HELP_WIDTH = 120

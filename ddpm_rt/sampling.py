@@ -92,7 +92,7 @@ def open_run(source: ModelSource, backend: str = "auto", *, chunk: int, batch: i
     options = BackendOptions(threads=threads, precision=choice.precision, cuda_graph=cuda_graph)
     notes: dict[str, Any] = {}
     guidance = None
-    if spec.conditioning:
+    if spec.conditioning or (classifier_scale and cond is not None):  # classifier guidance needs no class input
         if cond is None:
             raise ConfigError("this model is conditional: give its conditioning (--class/--classes/--labels)")
         scale = spec.default_guidance if guidance_scale is None else guidance_scale
@@ -111,7 +111,9 @@ def open_run(source: ModelSource, backend: str = "auto", *, chunk: int, batch: i
                     lambda b: open_backend(choice.name, artifact, b, options), log=log)
                 notes["guidance_mode"] = record
         guidance = make_guidance(spec.conditioning, cond, batch, **knobs, mode=mode)
-    elif cond is not None or (guidance_scale not in (None, 1.0)) or classifier_scale:
+    elif classifier_scale:
+        raise ConfigError("classifier guidance steers toward a class: give --class, --classes or --labels")
+    elif cond is not None or (guidance_scale not in (None, 1.0)):
         raise ConfigError("this model is unconditional: drop --class/--classes/--labels/--guidance")
     open_batch = guidance.calls_batch(chunk) if guidance is not None else chunk
     be = open_backend(choice.name, artifact, open_batch, options)
@@ -121,7 +123,7 @@ def open_run(source: ModelSource, backend: str = "auto", *, chunk: int, batch: i
 def _classifier(artifact: Any, spec: DiffusionSpec, choice: Choice, scale: float, chunk: int,
                 options: BackendOptions) -> dict[str, Any]:
     """Classifier guidance's knobs: the bundle's gradient graph on ONNX Runtime, and sqrt(1 - abar)."""
-    from ddpm_rt.runtime.classifier import open_classifier
+    from ddpm_rt.runtime.classifier import classifier_labels, open_classifier
     from ddpm_rt.schedule import alphas_cumprod
 
     if spec.prediction_type != "epsilon" or spec.schedule.family != "vp":
@@ -130,4 +132,5 @@ def _classifier(artifact: Any, spec: DiffusionSpec, choice: Choice, scale: float
         raise ConfigError("classifier guidance reads the bundle's classifier graph on the host backends: "
                           "use --backend ort or openvino (the device loop runs classifier-free guidance only)")
     return {"classifier": open_classifier(artifact, chunk, options), "classifier_scale": scale,
+            "classifier_input": classifier_labels(artifact),
             "noise_std": np.sqrt(1.0 - alphas_cumprod(spec.schedule)).astype(np.float32)}

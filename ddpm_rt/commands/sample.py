@@ -6,13 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
 from ddpm_rt.commands import options as opt
 from ddpm_rt.registry import BACKEND_NAMES
+
+if TYPE_CHECKING:
+    from ddpm_rt.sources import ModelSource
+    from ddpm_rt.spec import DiffusionSpec
 
 
 def sample(
@@ -88,6 +92,9 @@ def sample(
             raise ConfigError("RePaint needs both --repaint-jump and --repaint-resample")
         if strength is None and init is not None and mask is None and repaint_jump is None:
             strength = opt.DEFAULT_STRENGTH  # as for one batch
+        if classifier_scale:
+            raise ConfigError("--classifier-scale guides one batch; sharded --num runs do not carry the "
+                              "classifier yet (drop --num, or sample batches with --batch)")
         _sample_shards(source, num, shard_size, micro_batch, executor, address, workers, gpus_per_worker,
                        out=out, steps=steps, seed=seed, backend=backend, threads=threads,
                        precision=precision, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
@@ -103,7 +110,8 @@ def sample(
     for note in src.notes:
         typer.echo(f"warning: {note}", err=True)
     spec = src.spec
-    cond, batch, note, per_row = opt.conditioning_values(spec, batch, class_label, classes, labels)
+    label_spec = _classifier_label_spec(src) if classifier_scale and not spec.conditioning else spec
+    cond, batch, note, per_row = opt.conditioning_values(label_spec, batch, class_label, classes, labels)
     if note:
         typer.echo(note, err=True)
     edit = opt.edit_request(spec, batch, init, mask, mask_means, strength)
@@ -221,3 +229,19 @@ def _sample_shards(source: str | None, num: int, shard_size: int, micro_batch: i
         typer.echo(f"{out}: {s.num} samples in {s.shards} shards; computed {len(s.computed)}, kept "
                    f"{len(s.skipped)} ({s.samples_per_s:.1f} samples/s on {s.stats.workers} worker(s), "
                    f"{spec.backend} {spec.precision})")
+
+
+def _classifier_label_spec(src: ModelSource) -> DiffusionSpec:
+    """An unconditional model's spec with its bundle's classifier labels, to read --class/--classes/--labels
+    (classifier guidance: the labels go to the classifier only)."""
+    from dataclasses import replace
+
+    from ddpm_rt.bundle.load import load_bundle
+    from ddpm_rt.errors import ConfigError
+    from ddpm_rt.runtime.classifier import CLASSIFIER_SECTION, classifier_labels
+
+    bundle = load_bundle(src.bundle) if src.bundle is not None else None
+    if bundle is None or not bundle.manifest.get(CLASSIFIER_SECTION):
+        raise ConfigError(f"{src.label} carries no classifier for --classifier-scale; attach one with "
+                          "`ddpm-rt attach-classifier BUNDLE`, or drop --classifier-scale")
+    return replace(src.spec, conditioning=(classifier_labels(bundle),))

@@ -13,6 +13,10 @@ Classifier guidance (Dhariwal & Nichol 2021, eq. 14 in epsilon form), after CFG:
 
     out = out − s·sqrt(1 − abar_t)·∇x log p(y | x_t, t)
 
+The classifier's labels y are the denoiser's class input when it has one; an unconditional
+denoiser is guided too (`classifier_input` names the classifier's label input, the labels go to
+the classifier only and the denoiser is called with x and t).
+
 The two CFG halves run as one call of batch 2B (x and t repeated, the conditioning inputs
 [labels; null] filled once) or as two calls of batch B (the conditioning buffer refilled in
 place between them); `mode` says which, the command layer measures which is faster
@@ -50,6 +54,7 @@ class Guidance:
     classifier: GradientFn | None = None  # classifier guidance: ∇x log p(y | x_t, t)
     classifier_scale: float = 0.0  # s
     noise_std: np.ndarray | None = field(default=None, repr=False)  # float32 [T]: sqrt(1 - abar[t])
+    classifier_input: CondInput | None = None  # the classifier's label input (its labels in `cond`)
 
     def __post_init__(self) -> None:
         if self.scale < 0 or not np.isfinite(self.scale):
@@ -63,6 +68,14 @@ class Guidance:
                 c.null_values(1)  # refuses a model that learned no null input
         if self.classifier_scale and (self.classifier is None or self.noise_std is None):
             raise ConfigError("--classifier-scale needs the bundle's noise-aware classifier (classifier_grad.onnx)")
+        if self.classifier_scale and self.classifier_labels_name not in self.cond:
+            raise ConfigError("classifier guidance steers toward a class: give --class, --classes or --labels")
+
+    @property
+    def classifier_labels_name(self) -> str | None:
+        """Which entry of `cond` holds the classifier's labels: the denoiser's class input, else the classifier's."""
+        own = next((c.name for c in self.inputs if c.kind == "class"), None)
+        return own or (None if self.classifier_input is None else self.classifier_input.name)
 
     @property
     def doubled(self) -> bool:
@@ -81,9 +94,14 @@ class Guidance:
 def make_guidance(inputs: tuple[CondInput, ...], cond: Mapping[str, object] | None, batch: int,
                   **knobs: object) -> Guidance:
     """Check the conditioning of `batch` samples against the model's inputs; `knobs` as `Guidance`."""
+    labels = knobs.get("classifier_input")
     if not inputs:
+        if knobs.get("classifier_scale") and isinstance(labels, CondInput) and knobs.get("scale", 1.0) == 1.0:
+            # classifier guidance of an unconditional denoiser: the labels are the classifier's only
+            return Guidance((), check_conditioning((labels,), cond, batch), **knobs)  # type: ignore[arg-type]
         if cond or knobs.get("scale", 1.0) != 1.0 or knobs.get("classifier_scale"):
-            raise ConfigError("this model is unconditional: drop --class/--labels/--guidance")
+            raise ConfigError("this model is unconditional: drop --class/--labels/--guidance "
+                              "(or give --classifier-scale with a bundle that carries a classifier)")
         raise ConfigError("an unconditional model needs no guidance")
     return Guidance(tuple(inputs), check_conditioning(inputs, cond, batch), **knobs)  # type: ignore[arg-type]
 
@@ -114,7 +132,7 @@ class GuidedModel:
         self.batch = batch
         self._axes = tuple(range(1, len(shape)))
         if g.classifier_scale:
-            self.labels = cond[[c.kind for c in g.inputs].index("class")]
+            self.labels = np.ascontiguousarray(g.cond[g.classifier_labels_name])  # int64 (B,)
             self.scaled = np.zeros(shape, np.float32)
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
