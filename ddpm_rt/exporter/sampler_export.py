@@ -78,6 +78,9 @@ class SamplerExport:
 def resolve_graph_kind(graph: str, plan: SamplingPlan, edit: bool = False) -> str:
     """`auto` -> loop for deterministic plans (and edit graphs, which take the noise), step otherwise;
     refuse a plain loop for stochastic plans."""
+    if plan.cached_calls:
+        raise ConfigError("fused sampler graphs do not run feature caching yet; sample the bundle with "
+                          "--backend ort or openvino and --cache-interval")
     if graph == "auto":
         return "loop" if edit or not plan.stochastic else "step"
     if graph not in GRAPH_KINDS:
