@@ -103,6 +103,53 @@ def verify(module: torch.nn.Module, branch: int, full_path: Path, shallow_path: 
     return {**worst, "calls": rows}
 
 
+CANDIDATE_INTERVALS = (2, 3, 5)
+# The largest interval whose final samples stay this close to the uncached run's (rel-RMS over a
+# batch, the model's default sampler) is recorded as the bundle's recommendation (`sample
+# --cache-interval auto`). Chosen from benchmarks/results/feature_cache.md (see there).
+RECOMMEND_REL_RMS = 0.05
+
+
+class _SessionPair:
+    """The two cache graphs as ``(x, t)`` callables for `sample_loop` (full keeps the feature)."""
+
+    def __init__(self, full_path: Path, shallow_path: Path, contract: GraphContract) -> None:
+        self.full, self.shallow = _session(full_path), _session(shallow_path)
+        self.x, self.t = contract.x_name, contract.t_name
+        self.feature: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        out, self.feature = self.full.run(None, {self.x: x, self.t: t})
+        return out
+
+    def cached(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return self.shallow.run(None, {self.x: x, self.t: t, FEATURE: self.feature})[0]
+
+
+def recommend_interval(full_path: Path, shallow_path: Path, spec: DiffusionSpec, contract: GraphContract,
+                       batch: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Final-sample rel-RMS of cached runs vs the uncached one (the model's default sampler) for
+    each candidate interval, and the largest interval within RECOMMEND_REL_RMS (None if none is)."""
+    from ddpm_rt.plan import with_feature_cache
+    from ddpm_rt.runtime.loop import sample_loop
+
+    pair = _SessionPair(full_path, shallow_path, contract)
+    sampler = spec.sampler()
+    plan = spec.plan(sampler)
+    rng = np.random.default_rng(seed)
+    x = initial_noise((batch, *spec.sample_shape), rng)
+    noise = rng.standard_normal((plan.steps, *x.shape), dtype=np.float32)
+    ref = sample_loop(pair, plan, x, noise=noise).astype(np.float64)
+    scale = float(np.sqrt(np.mean(ref ** 2))) or 1.0
+    errors = {}
+    for n in CANDIDATE_INTERVALS:
+        got = sample_loop(pair, with_feature_cache(plan, n), x, noise=noise, shallow=pair.cached)
+        errors[n] = float(np.sqrt(np.mean((got - ref) ** 2))) / scale
+    ok = [n for n, e in errors.items() if e <= RECOMMEND_REL_RMS]
+    return {"sampler": sampler.sampler, "steps": plan.steps, "batch": batch, "rel_rms": errors,
+            "threshold": RECOMMEND_REL_RMS, "interval": max(ok) if ok else None}
+
+
 def export_feature_cache(module: torch.nn.Module, spec: DiffusionSpec, branch: int, directory: Path,
                          contract: GraphContract, tolerance: float, t_trace: float, verify_graphs: bool = True,
                          status: Any = None) -> dict[str, Any]:
@@ -143,9 +190,14 @@ def export_feature_cache(module: torch.nn.Module, spec: DiffusionSpec, branch: i
                               f"{figures['full_out']:.3g}, feature {figures['feature']:.3g}, shallow "
                               f"{figures['shallow_out']:.3g}) > tolerance {tolerance:g}; raise --tolerance")
         section["parity"] = {"tolerance": tolerance, **figures}
+        rec = recommend_interval(full_path, shallow_path, spec, contract)
+        section["recommendation"], section["recommended_interval"] = rec, rec["interval"]
         if status is not None:
             ratio = f", shallow/full MACs {macs['shallow'] / macs['full']:.2f}" if macs["full"] and macs["shallow"] else ""
             status(f"feature cache at branch {branch}: full out {figures['full_out']:.3g}, feature "
                    f"{figures['feature']:.3g}, shallow (feature from a nearby step) {figures['shallow_out']:.3g} "
                    f"max-abs vs eager{ratio}")
+            errs = ", ".join(f"N={n}: {e:.3g}" for n, e in rec["rel_rms"].items())
+            status(f"cached vs uncached {rec['sampler']}-{rec['steps']} final samples, rel-RMS {errs}; "
+                   f"recommended --cache-interval {rec['interval']}")
     return section

@@ -293,7 +293,17 @@ def test_the_nonfinite_guard_covers_cached_rows() -> None:
         sample_loop(lambda x, t: x, plan, np.zeros((1, *SPEC.sample_shape), np.float32))
 
 
-def test_cli_sample_with_cache_interval(bundles, tmp_path: Path, capsys) -> None:
+def test_export_records_a_measured_recommendation(bundles) -> None:
+    fc = json.loads((bundles["unet"][0] / "ddpm_rt.json").read_text())["feature_cache"]
+    rec = fc["recommendation"]
+    assert rec["sampler"] == "unipc" and set(rec["rel_rms"]) == {"2", "3", "5"}
+    within = [int(n) for n, e in rec["rel_rms"].items() if e <= rec["threshold"]]
+    assert fc["recommended_interval"] == (max(within) if within else None)
+
+
+def test_cli_sample_with_cache_interval(bundles, digits, tmp_path: Path, capsys) -> None:
+    import shutil
+
     path, _ = bundles["unet"]
     out = tmp_path / "s.npy"
     r = call_main(capsys, "sample", str(path), "--backend", "ort", "--batch", "2", "--steps", "10", "--sampler",
@@ -301,7 +311,15 @@ def test_cli_sample_with_cache_interval(bundles, tmp_path: Path, capsys) -> None
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["cached_calls"] == 5 and summary["cache"] == {"interval": 2, "schedule": "uniform"}
-    for source, bad, msg in ((path, "0", ">= 1"), (path, "auto", "no recommended"),
+    rec = tmp_path / "recommended"  # the manifest JSON is not hashed: a recommendation can be set by hand
+    shutil.copytree(path, rec)
+    m = json.loads((rec / "ddpm_rt.json").read_text())
+    m["feature_cache"]["recommended_interval"] = 3
+    (rec / "ddpm_rt.json").write_text(json.dumps(m))
+    r = call_main(capsys, "sample", str(rec), "--backend", "ort", "--batch", "2", "--steps", "10", "--sampler",
+                  "ddim", "--cache-interval", "auto", "--out", str(out), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["cache"]["interval"] == 3, r.stderr
+    for source, bad, msg in ((path, "0", ">= 1"), (digits[0], "auto", "no recommended"),  # exported unverified
                              ("digits", "2", "no feature-cache graphs")):  # the shipped bundle has none
         r = call_main(capsys, "sample", str(source), "--batch", "2", "--steps", "10", "--out", str(out),
                       "--backend", "ort", "--cache-interval", bad)
