@@ -324,3 +324,73 @@ def test_cli_sample_with_cache_interval(bundles, digits, tmp_path: Path, capsys)
         r = call_main(capsys, "sample", str(source), "--batch", "2", "--steps", "10", "--out", str(out),
                       "--backend", "ort", "--cache-interval", bad)
         assert r.returncode != 0 and msg in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def fused(digits, tmp_path_factory) -> dict:
+    """Full-loop sampler graphs of the digits bundle with feature caching (both branches in the Loop body)."""
+    from ddpm_rt.exporter.sampler_export import export_sampler_graph, load_denoiser
+    from ddpm_rt.exporter.sampler_graph import CacheGraphs
+    from ddpm_rt.plan import SamplerSpec
+
+    root = tmp_path_factory.mktemp("fused")
+    b = load_bundle(digits[0])
+    g = b.feature_cache()
+    cache = CacheGraphs(load_denoiser(g.full), load_denoiser(g.shallow), g.feature_name, g.feature_shape)
+    out = {"root": root, "bundle": b}
+    for name, sampler, interval, schedule in (("ddim", SamplerSpec("ddim", 20), 3, "uniform"),
+                                              ("unipc", SamplerSpec("unipc", 15), 2, "quadratic")):
+        out[name] = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler,
+                                         root / f"{name}.onnx", "auto", cache=(cache, interval, schedule))
+    np.save(root / "x_init.npy", initial_noise((3, *b.spec.sample_shape), np.random.default_rng(3)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["ddim", "unipc"])
+def test_fused_loop_graph_runs_both_branches(fused, name: str) -> None:
+    import onnxruntime as ort
+
+    res = fused[name]
+    assert res.graph == "loop" and res.max_abs_diff <= 1e-5 and res.plan.cached_calls > 0
+    assert res.description["feature_cache"]["interval"] in (2, 3)
+    x_init = np.load(fused["root"] / "x_init.npy")
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    got = sess.run(["x_0"], {"x_init": x_init})[0]
+    with open_backend("ort", fused["bundle"], 3, BackendOptions(threads=1, feature_cache=True)) as be:
+        host = be.sample(res.plan, x_init)
+        uncached = be.sample(fused["bundle"].spec.plan(res.plan.sampler), x_init)
+    assert np.abs(got - host).max() <= 1e-5
+    assert np.abs(got - uncached).max() > 1e-3  # the graph really ran the shallow branch
+
+
+def test_fused_graph_refusals(digits) -> None:
+    from ddpm_rt.exporter.sampler_export import export_sampler_graph, load_denoiser
+    from ddpm_rt.exporter.sampler_graph import CacheGraphs
+    from ddpm_rt.plan import SamplerSpec
+
+    b = load_bundle(digits[0])
+    g = b.feature_cache()
+    cache = (CacheGraphs(load_denoiser(g.full), load_denoiser(g.shallow), g.feature_name, g.feature_shape), 2,
+             "uniform")
+    for sampler, graph in ((SamplerSpec("ddim", 10), "step"), (SamplerSpec("ddpm", 10), "auto")):
+        with pytest.raises(ConfigError, match="full-loop graph"):
+            export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler, Path("/nonexistent.onnx"),
+                                 graph, cache=cache)
+
+
+def test_node_host_runs_the_cached_loop_graph(fused, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    node_dir = Path(__file__).resolve().parents[2] / "examples" / "node"
+    if shutil.which("node") is None or not (node_dir / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.skip("node or examples/node/node_modules is missing (tests/cpu/test_node_host.py installs it)")
+    res = fused["unipc"]
+    x_init = np.load(fused["root"] / "x_init.npy")
+    proc = subprocess.run(["node", str(node_dir / "sample.mjs"), "--model", str(res.path), "--x-init",
+                           str(fused["root"] / "x_init.npy"), "--out", str(tmp_path / "o.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with open_backend("ort", fused["bundle"], 3, BackendOptions(threads=1, feature_cache=True)) as be:
+        ref = be.sample(res.plan, x_init)
+    assert np.abs(np.load(tmp_path / "o.npy") - ref).max() <= 1e-5
