@@ -26,6 +26,7 @@ from ddpm_rt.runtime.backend import Backend, BackendOptions
 from ddpm_rt.runtime.loop import initial_noise, sample_loop
 from ddpm_rt.schedule import ScheduleSpec, alphas_cumprod
 from ddpm_rt.spec import DiffusionSpec
+from tests.cpu.test_node_host import node_host  # noqa: F401 - the installed Node host (skips without node/npm)
 from tests.helpers.bundles import assert_nothing_written, call_main
 from tests.helpers.sources import module_source
 from tests.helpers.tiny import make_mlp
@@ -378,16 +379,12 @@ def test_fused_graph_refusals(digits) -> None:
                                  graph, cache=cache)
 
 
-def test_node_host_runs_the_cached_loop_graph(fused, tmp_path: Path) -> None:
-    import shutil
+def test_node_host_runs_the_cached_loop_graph(node_host, fused, tmp_path: Path) -> None:  # noqa: F811
     import subprocess
 
-    node_dir = Path(__file__).resolve().parents[2] / "examples" / "node"
-    if shutil.which("node") is None or not (node_dir / "node_modules" / "onnxruntime-node").is_dir():
-        pytest.skip("node or examples/node/node_modules is missing (tests/cpu/test_node_host.py installs it)")
     res = fused["unipc"]
     x_init = np.load(fused["root"] / "x_init.npy")
-    proc = subprocess.run(["node", str(node_dir / "sample.mjs"), "--model", str(res.path), "--x-init",
+    proc = subprocess.run(["node", str(node_host), "--model", str(res.path), "--x-init",
                            str(fused["root"] / "x_init.npy"), "--out", str(tmp_path / "o.npy")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
