@@ -39,14 +39,15 @@ def _work() -> Path:
     return root / "bench-work"
 
 
-def _bundle(source: str, name: str) -> Path:
+def _bundle(source: str, name: str, branch: int = 0) -> Path:
     from ddpm_rt.exporter.export import ExportOptions, export_bundle
     from ddpm_rt.sources import resolve_export_source
 
-    out = _work() / f"feature-cache-{name}"
+    out = _work() / (f"feature-cache-{name}" + (f"-branch{branch}" if branch else ""))
     if (out / "ddpm_rt.json").is_file():
         return out
-    export_bundle(resolve_export_source(source), out, ExportOptions(trajectory_steps=0, feature_cache=0), status=log)
+    export_bundle(resolve_export_source(source), out, ExportOptions(trajectory_steps=0, feature_cache=branch),
+                  status=log)
     return out
 
 
@@ -179,8 +180,8 @@ def _markdown(r: dict[str, Any]) -> str:
     lines = ["# U-Net feature caching (DeepCache) — measured", "",
              f"CPU: {m['cpu']}; threads {r['threads']}; load average at start {' '.join(m['loadavg_start'])}, "
              f"at end {' '.join(r['loadavg_end'])}; after each part {r.get('load_after', {})} (2 cores shared with other jobs: figures are noisy, compare "
-             "within a table). Branch 0 (the cut at full resolution: the shallow graph runs conv_in, the first "
-             "down level, the last up level and the head).", ""]
+             f"within a table). Branch {r.get('branch', 0)} (0 = the cut at full resolution: the shallow graph runs "
+             "conv_in, the first down level, the last up level and the head).", ""]
     for name in ("digits", "cifar"):
         if f"percall_{name}" not in r:
             continue
@@ -269,6 +270,7 @@ def main() -> None:
     p.add_argument("--parts", default="percall,digits,cifar")
     p.add_argument("--cifar-source", default=str(_work() / "cifar10-ddpm-unet-hf-seed0-trained300"))
     p.add_argument("--cifar-bundle", default=None, help="a CIFAR-size bundle exported with --feature-cache")
+    p.add_argument("--branch", type=int, default=0, help="the skip branch the bundles are cut at")
     p.add_argument("--out", type=Path, default=RESULTS / "feature_cache")
     a = p.parse_args()
     parts = set(a.parts.split(","))
@@ -290,8 +292,9 @@ def main() -> None:
         atomic_write_text(a.out.with_suffix(".md"), _markdown(r))
         _plot(r, a.out.with_suffix(".png"))
 
-    digits = _bundle("digits", "digits")
-    cifar = Path(a.cifar_bundle) if a.cifar_bundle else (_bundle(a.cifar_source, "cifar") if "cifar" in parts or
+    r["branch"] = a.branch
+    digits = _bundle("digits", "digits", a.branch)
+    cifar = Path(a.cifar_bundle) if a.cifar_bundle else (_bundle(a.cifar_source, "cifar", a.branch) if "cifar" in parts or
                                                          "percall" in parts else None)
     if "percall" in parts:
         for name, path in (("digits", digits), ("cifar", cifar)):
