@@ -199,6 +199,11 @@ class SamplingPlan:
         return int(np.count_nonzero(self.calls))
 
     @property
+    def cached_calls(self) -> int:
+        """Rows that run the shallow graph on the cached deep feature (feature caching)."""
+        return int(np.count_nonzero(self.calls == 2))
+
+    @property
     def uniform(self) -> bool:
         """Every row calls the full denoiser (no undo rows, no feature-cache rows)."""
         return bool(np.all(self.calls == 1))
@@ -238,6 +243,53 @@ class SamplingPlan:
         return np.stack(
             [self.timesteps, self.a, self.b, self.sigma, self.cx, self.co, self.p0], axis=1
         ).astype(np.float32)
+
+
+CACHE_SCHEDULES = ("uniform", "quadratic")
+CACHE_CENTER = 0.5  # quadratic: full steps densest around this fraction of the run
+
+
+def cache_full_calls(calls: int, interval: int, schedule: str = "uniform") -> np.ndarray:
+    """bool [calls]: which of `calls` successive denoiser calls run the full U-Net (the rest reuse
+    the deep feature of the last full one: DeepCache, Ma et al. 2024).
+
+    uniform:   every `interval`-th call, from the first (DeepCache's uniform 1:N)
+    quadratic: the same number of full calls, ceil(calls / interval), at c + sign(u)·|u|^p·half
+               for u evenly in [-1, 1] (c = CACHE_CENTER of the run, half = the distance to the
+               run's end on u's side): denser around c (DeepCache's non-uniform 1:N); p starts at
+               2 and drops until the positions are distinct; the first call is always full.
+    """
+    if interval < 1:
+        raise ConfigError(f"--cache-interval must be >= 1, got {interval}")
+    if schedule not in CACHE_SCHEDULES:
+        raise ConfigError(f"unknown cache schedule {schedule!r}; choose one of {', '.join(CACHE_SCHEDULES)}")
+    full = np.zeros(calls, bool)
+    if schedule == "uniform" or interval == 1 or calls <= 2:
+        full[::interval] = True
+        return full
+    m = -(-calls // interval)  # as many full calls as uniform
+    c = CACHE_CENTER * (calls - 1)
+    u = np.linspace(-1.0, 1.0, m)
+    half = np.where(u < 0, c, calls - 1 - c)
+    p = 2.0
+    while True:
+        idx = np.unique(np.rint(c + np.sign(u) * np.abs(u) ** p * half).astype(np.int64))
+        idx = np.unique(np.concatenate([[0], idx]))
+        if len(idx) >= m or p <= 1.0:
+            break
+        p = max(1.0, p - 0.05)
+    full[idx[:m] if len(idx) > m else idx] = True
+    full[0] = True
+    return full
+
+
+def with_feature_cache(plan: SamplingPlan, interval: int, schedule: str = "uniform") -> SamplingPlan:
+    """`plan` with its calling rows split into full (calls = 1) and cached (calls = 2) by `cache_full_calls`."""
+    rows = np.flatnonzero(plan.calls != 0)
+    full = cache_full_calls(len(rows), interval, schedule)
+    calls = plan.calls.copy()
+    calls[rows] = np.where(full, 1, 2).astype(np.int8)
+    return replace(plan, calls=calls, meta={**plan.meta, "feature_cache": {"interval": interval, "schedule": schedule}})
 
 
 def _x0_eps_coefficients(prediction_type: str, ac: np.ndarray) -> tuple[np.ndarray, ...]:

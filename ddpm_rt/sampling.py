@@ -77,19 +77,23 @@ def open_run(source: ModelSource, backend: str = "auto", *, chunk: int, batch: i
              precision: str | None = None, threads: int | None = None, allow_inexact: bool = False,
              cuda_graph: bool = True, cond: Mapping[str, Any] | None = None, guidance_scale: float | None = None,
              guidance_rescale: float = 0.0, classifier_scale: float = 0.0, guidance_mode: str = "auto",
-             calls: int | None = None, log: LogFn | None = None) -> SamplingRun:
+             calls: int | None = None, log: LogFn | None = None, feature_cache: bool = False) -> SamplingRun:
     """Choose (`auto`: measured, guarded) and open the backend for `source`; build the run's guidance.
 
     `cond` holds the conditioning of all `batch` samples (a conditional model needs it); the
     backend is opened at `chunk`, or `2·chunk` when the CFG halves run as one call. `calls` (the
-    plan's model calls per chunk) lets `auto` weigh opening costs for short runs.
+    plan's model calls per chunk) lets `auto` weigh opening costs for short runs. `feature_cache`:
+    also open the bundle's feature-cache graphs (a plan with cached rows; ort and openvino only).
     """
     batch = batch or chunk
     choice = choose_backend(backend, source, log=log, batch=chunk, precision=precision, threads=threads,
                             allow_inexact=allow_inexact, calls=None if calls is None else calls * -(-batch // chunk))
     artifact = choice.bundle or artifact_for(choice.name, source, log=log)
     spec = getattr(artifact, "spec", source.spec)  # a bundle carries its own spec in its manifest
-    options = BackendOptions(threads=threads, precision=choice.precision, cuda_graph=cuda_graph)
+    if feature_cache and choice.name not in ("ort", "openvino"):
+        raise ConfigError(f"feature caching (--cache-interval) runs on --backend ort or openvino, not {choice.name}")
+    options = BackendOptions(threads=threads, precision=choice.precision, cuda_graph=cuda_graph,
+                             feature_cache=feature_cache)
     notes: dict[str, Any] = {}
     guidance = None
     if spec.conditioning or (classifier_scale and cond is not None):  # classifier guidance needs no class input

@@ -28,6 +28,18 @@ from ddpm_rt.spec import DiffusionSpec
 
 
 @dataclass(frozen=True)
+class FeatureCacheGraphs:
+    """A bundle's feature-caching pair: full (x, t -> out, feature) and shallow (x, t, feature -> out)."""
+
+    full: Path
+    shallow: Path
+    feature_name: str
+    feature_shape: tuple[int, ...]  # one sample's cached feature (C, H, W)
+    branch: int
+    recommended_interval: int | None = None  # measured on the model at export, if it was
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A checked bundle. `onnx_path` is the graph to load (it need not be named denoiser.onnx)."""
 
@@ -60,6 +72,24 @@ class Bundle:
         manifest = {**self.manifest, "precision": "fp32", "onnx_file": path.name, "onnx_sha256": entry["sha256"]}
         manifest.pop(FP32_GRAPH)
         return Bundle(self.directory, manifest, self.spec, path, self.hash_checked)
+
+    def feature_cache(self) -> FeatureCacheGraphs:
+        """The feature-caching graphs (`export --feature-cache`), hash-checked; BundleError naming the fix."""
+        entry = self.manifest.get("feature_cache")
+        if not entry:
+            raise BundleError(f"{self.directory} has no feature-cache graphs; re-export it with "
+                              "`ddpm-rt export ... --feature-cache 0` (U-Nets only), or drop --cache-interval")
+        paths = []
+        for role in ("full", "shallow"):
+            path = self.directory / str(entry[role]["file"])
+            if not path.is_file():
+                raise BundleError(f"{self.directory} is missing its feature-cache graph {path.name}; re-export it")
+            if self.hash_checked and file_sha256(path) != entry[role]["sha256"]:
+                raise BundleError(f"{path} was modified after export (sha256 mismatch); re-export the bundle")
+            paths.append(path)
+        return FeatureCacheGraphs(paths[0], paths[1], str(entry["feature_name"]),
+                                  tuple(int(d) for d in entry["feature_shape"]), int(entry["branch"]),
+                                  entry.get("recommended_interval"))
 
     @property
     def fixed_batch(self) -> int | None:

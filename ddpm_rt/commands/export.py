@@ -43,6 +43,9 @@ def export(
     tolerance: Annotated[float | None, typer.Option(help="Max-abs single-call error allowed (default 1e-4 fp32, 5e-2 fp16).")] = None,
     trajectory_steps: Annotated[int, typer.Option(help="Steps of the trajectory comparison (0 skips it).")] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
+    feature_cache: Annotated[int | None, typer.Option(
+        help="U-Nets: also write the feature-caching graphs (DeepCache) cut at this skip branch "
+             "(0 = full resolution: the cheapest shallow graph); sample with --cache-interval.")] = None,
 ) -> None:
     """Export a denoiser to a verified ONNX bundle (denoiser.onnx + ddpm_rt.json)."""
     from ddpm_rt.exporter.export import ExportOptions, export_bundle, stderr_status
@@ -56,10 +59,14 @@ def export(
     }.items() if v is not None}
     cond_inputs = parse_conditioning_json(conditioning)
     if precision == "int8":
+        if feature_cache is not None:
+            from ddpm_rt.errors import ConfigError
+
+            raise ConfigError("--feature-cache writes fp32 graphs; export them without --precision int8")
         _export_int8(source, out, model, weights, given, allow_pickle, opset, json_out, cond_inputs, null_label)
         return
     options = ExportOptions(precision=precision, opset=opset, verify=verify, tolerance=tolerance,
-                            trajectory_steps=trajectory_steps)
+                            trajectory_steps=trajectory_steps, feature_cache=feature_cache)
 
     src = resolve_export_source(source, model=model, weights=weights,
                                 flags=ScheduleFlags(**given) if given else None, allow_pickle=allow_pickle,

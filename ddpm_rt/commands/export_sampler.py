@@ -34,6 +34,10 @@ def export_sampler(
     graph: Annotated[str, typer.Option(help="step: one step per Run (host loops, any sampler); loop: all steps "
                                        "in one Run via an ONNX Loop (deterministic samplers, or --edit); auto: "
                                        "loop when it can.")] = "auto",
+    cache_interval: Annotated[int | None, typer.Option(min=1, help="Feature caching (a bundle exported with "
+                                                   "--feature-cache): the full U-Net every N-th step, the shallow "
+                                                   "graph in between, inside the full-loop graph.")] = None,
+    cache_schedule: Annotated[str, typer.Option(help="uniform | quadratic (with --cache-interval).")] = "uniform",
     json_out: opt.JsonOut = False,
 ) -> None:
     """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop.
@@ -57,8 +61,15 @@ def export_sampler(
     b = bundle_for(src)
     sampler_spec = opt.sampler_spec(b.spec, steps, sampler, eta, spacing, step_scale, karras, lower_order_final,
                                     repaint=(repaint_jump, repaint_resample))
+    cache = None
+    if cache_interval is not None:
+        from ddpm_rt.exporter.sampler_graph import CacheGraphs
+
+        g = b.feature_cache()
+        cache = (CacheGraphs(load_denoiser(g.full), load_denoiser(g.shallow), g.feature_name, g.feature_shape),
+                 cache_interval, cache_schedule)
     result = export_sampler_graph(load_denoiser(b.onnx_path), b.manifest, b.spec, sampler_spec, out, graph,
-                                  edit=edit)
+                                  edit=edit, cache=cache)
     typer.echo(
         f"wrote {result.graph} graph {out} and its description {result.summary()['sidecar']} ({sampler_spec.sampler}, {result.plan.steps} steps, "
         f"eta {sampler_spec.eta:g}); max |fused - Python loop| = {result.max_abs_diff:.2e} "

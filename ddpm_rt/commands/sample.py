@@ -73,6 +73,13 @@ def sample(
     workers: Annotated[int | None, typer.Option(min=1, help="With --executor ray: actors (default: the cluster's "
                                                 "CPUs / --threads).")] = None,
     gpus_per_worker: Annotated[float, typer.Option(min=0.0, help="With --executor ray: GPUs per actor.")] = 0.0,
+    cache_interval: Annotated[str | None, typer.Option(
+        help="U-Net feature caching (DeepCache; a bundle exported with --feature-cache): run the full U-Net "
+             "every N-th call and only its shallow graph in between (N = 1: off); `auto` = the interval the "
+             "bundle recommends. Changes the samples slightly; never on unless asked.")] = None,
+    cache_schedule: Annotated[str, typer.Option(
+        help="Which calls run the full U-Net: uniform (every N-th) or quadratic (as many, denser mid-run).")
+    ] = "uniform",
     json_out: opt.JsonOut = False,
 ) -> None:
     """Sample from a denoiser with a fixed-schedule reverse loop and write the result."""
@@ -95,6 +102,8 @@ def sample(
         if classifier_scale:
             raise ConfigError("--classifier-scale guides one batch; sharded --num runs do not carry the "
                               "classifier yet (drop --num, or sample batches with --batch)")
+        if cache_interval is not None:
+            raise ConfigError("--cache-interval samples one batch so far; drop --num")
         _sample_shards(source, num, shard_size, micro_batch, executor, address, workers, gpus_per_worker,
                        out=out, steps=steps, seed=seed, backend=backend, threads=threads,
                        precision=precision, sampler=sampler, eta=eta, spacing=spacing, step_scale=step_scale,
@@ -121,6 +130,8 @@ def sample(
     check_memory(spec, batch, chunk, out)
     sampler_spec = opt.sampler_spec(spec, steps, sampler, eta, spacing, step_scale, karras, lower_order_final,
                                     strength=strength, repaint=(repaint_jump, repaint_resample))
+    interval = _cache_interval(cache_interval, src)
+
     def log(message: str) -> None:
         typer.echo(message, err=True)
 
@@ -128,11 +139,16 @@ def sample(
     with open_run(src, backend, chunk=chunk, batch=batch, precision=precision, threads=threads,
                   allow_inexact=allow_inexact, cuda_graph=cuda_graph, cond=cond, guidance_scale=guidance,
                   guidance_rescale=guidance_rescale, classifier_scale=classifier_scale,
-                  guidance_mode=guidance_mode, calls=spec.plan(sampler_spec).model_calls, log=log) as run:
+                  guidance_mode=guidance_mode, calls=spec.plan(sampler_spec).model_calls, log=log,
+                  feature_cache=interval is not None) as run:
         if backend == "auto":
             log(f"backend: auto chose {run.name} {run.choice.precision} ({run.choice.reason})")
         t_open = time.perf_counter() - t0
         plan = run.spec.plan(sampler_spec)  # the artifact's own spec (a bundle carries it in its manifest)
+        if interval is not None:
+            from ddpm_rt.plan import with_feature_cache
+
+            plan = with_feature_cache(plan, interval, cache_schedule)
         rng = np.random.default_rng(seed)
         x_init = initial_noise((batch, *run.spec.sample_shape), rng)
         t1 = time.perf_counter()
@@ -153,6 +169,8 @@ def sample(
         "sampler": sampler_spec.sampler,
         "steps": plan.steps,
         "model_calls": plan.model_calls,
+        "cached_calls": plan.cached_calls,
+        "cache": None if interval is None else {"interval": interval, "schedule": cache_schedule},
         "start": plan.start,
         "eta": sampler_spec.eta,
         "batch": batch,
@@ -178,6 +196,33 @@ def sample(
             f"wrote {out} ({batch} samples, {sampler_spec.sampler} {plan.steps} steps on {run.name}, "
             f"{run.choice.precision}{guided}, {t_loop:.2f}s{chunks}, peak memory {summary['peak_rss_mb']:.0f} MB)"
         )
+
+
+def _cache_interval(value: str | None, src: object) -> int | None:
+    """--cache-interval: None (off), N >= 1, or `auto` = the bundle's measured recommendation."""
+    from ddpm_rt.errors import ConfigError
+
+    if value is None:
+        return None
+    from ddpm_rt.bundle.load import load_bundle
+
+    path = getattr(src, "bundle", None)
+    graphs = load_bundle(path).feature_cache() if path is not None else None  # refused here, before any timing
+    if value == "auto":
+        if graphs is None:
+            raise ConfigError("--cache-interval auto reads the bundle's recommendation; sample a bundle exported "
+                              "with --feature-cache, or give --cache-interval N")
+        recommended = graphs.recommended_interval
+        if recommended is None:
+            raise ConfigError(f"{path} records no recommended cache interval; give --cache-interval N (2..5)")
+        return int(recommended)
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"--cache-interval must be an integer >= 1 or auto, got {value!r}") from None
+    if n < 1:
+        raise ConfigError(f"--cache-interval must be >= 1, got {n}")
+    return n
 
 
 def _mask_picture(mask: np.ndarray, data_range: tuple[float, float]) -> np.ndarray:

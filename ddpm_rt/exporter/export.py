@@ -52,8 +52,12 @@ class ExportOptions:
     tolerance: float | None = None  # single-call max-abs; None = per-precision default
     trajectory_steps: int = TRAJECTORY_STEPS  # 0 = skip the trajectory comparison
     trajectory_batch: int = 1
+    feature_cache: int | None = None  # U-Nets: also write the DeepCache graphs cut at this branch
 
     def __post_init__(self) -> None:
+        if self.feature_cache is not None and self.precision != "fp32":
+            raise ConfigError("--feature-cache writes fp32 graphs; export with --precision fp32 "
+                              "(bf16 is chosen at run time: `sample --backend openvino --precision bf16`)")
         if self.precision not in ("fp32", "fp16"):
             raise ConfigError(f"export writes fp32 or fp16 graphs, got {self.precision!r}; int8 goes through "
                               "`export --precision int8` (a quantized variant), bf16 is a runtime precision "
@@ -128,6 +132,10 @@ def export_bundle(
     if src.load_module is None:
         raise SourceError(f"{src.label} has no PyTorch module to export")
     module = src.load_module().float().eval()
+    if options.feature_cache is not None:  # refuse a model that is not a U-Net before any work
+        from ddpm_rt.models.feature_split import check_branch
+
+        check_branch(module, options.feature_cache)
     spec = src.spec
     contract = replace(CONTRACT, opset=options.opset).for_spec(spec)  # x, t and the conditioning inputs
     tol = options.effective_tolerance
@@ -200,6 +208,12 @@ def export_bundle(
                 del ort16
         if notes:
             extra_manifest = {**(extra_manifest or {}), "notes": notes}
+        if options.feature_cache is not None:  # U-Net feature caching (exporter.feature_cache)
+            from ddpm_rt.exporter.feature_cache import SECTION, export_feature_cache
+
+            section = export_feature_cache(module, spec, options.feature_cache, tmp, contract, tol, t_trace,
+                                           options.verify, status)
+            extra_manifest = {**(extra_manifest or {}), SECTION: section}
         recommended = spec.sampler()  # the model's default sampler and step count (plan.default_sampler)
         extra_manifest = {"recommended": {"sampler": recommended.sampler, "steps": recommended.steps},
                           **(extra_manifest or {})}

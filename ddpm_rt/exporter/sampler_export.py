@@ -24,6 +24,7 @@ import onnx
 from ddpm_rt.errors import ConfigError, ExportError, first_line
 from ddpm_rt.exporter.sampler_graph import (
     GRAPH_KINDS,
+    CacheGraphs,
     GraphOptions,
     build_loop_graph,
     build_step_graph,
@@ -78,6 +79,12 @@ class SamplerExport:
 def resolve_graph_kind(graph: str, plan: SamplingPlan, edit: bool = False) -> str:
     """`auto` -> loop for deterministic plans (and edit graphs, which take the noise), step otherwise;
     refuse a plain loop for stochastic plans."""
+    if plan.cached_calls:  # feature caching: the full-loop graph only, so far
+        if edit or graph == "step" or plan.stochastic:
+            raise ConfigError("feature caching runs in the full-loop graph (--graph loop) of a deterministic "
+                              "sampler without --edit so far; the step graph, stochastic samplers and edit graphs "
+                              "do not run it yet")
+        return "loop"
     if graph == "auto":
         return "loop" if edit or not plan.stochastic else "step"
     if graph not in GRAPH_KINDS:
@@ -168,6 +175,8 @@ def sampler_metadata(plan: SamplingPlan, spec: DiffusionSpec, graph: str,
         "edit": options.edit,
         "model_calls": plan.model_calls,
         "calls": [int(v) for v in plan.calls] if not plan.uniform else None,
+        # feature caching: calls 2 = the shallow graph on the kept deep feature (inside the loop graph)
+        "feature_cache": plan.meta.get("feature_cache"),
         # multistep plans (step graph): outputs fed back as inputs; zeros at step 0
         "history": {"depth": plan.depth, "converts_to": plan.meta.get("converts_to", "x0"),
                     "carry": [{"output": o, "input": i, "init": "zeros"}
@@ -219,6 +228,19 @@ def reference_loop(denoiser: bytes | str, plan: SamplingPlan, x_init: np.ndarray
     from ddpm_rt.runtime.guidance import GuidedModel, make_guidance
 
     options, extras = options or GraphOptions(), dict(extras or {})
+    if options.cache is not None:  # feature caching: the two cache graphs, the feature kept between calls
+        full = _session(options.cache.full.SerializeToString(), level=level)
+        shallow = _session(options.cache.shallow.SerializeToString(), level=level)
+        kept: dict[str, np.ndarray] = {}
+
+        def full_call(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            out, kept["feature"] = full.run(None, {"x": x, "t": t})
+            return out
+
+        def cached_call(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            return shallow.run(None, {"x": x, "t": t, options.cache.feature_name: kept["feature"]})[0]
+
+        return sample_loop(full_call, plan, x_init, noise=noise, shallow=cached_call)
     sess = _session(denoiser, level=level)
     names = [i.name for i in sess.get_inputs()]
 
@@ -340,14 +362,25 @@ def export_sampler_graph(
     out: Path,
     graph: str = "auto",
     edit: bool = False,
+    cache: tuple[CacheGraphs, int, str] | None = None,
 ) -> SamplerExport:
     """Build, verify and atomically write the fused sampler graph for `sampler`.
 
     A conditional model gets a guided graph (its conditioning, guidance_scale, guidance_rescale as
     inputs); `edit` adds start, image and mask (a full-loop edit graph also takes the noise).
+    `cache` = (the bundle's feature-cache graphs, interval, schedule): feature caching in the loop graph.
     """
     options = graph_options(spec, sampler, edit)
     plan = spec.plan(sampler)
+    if cache is not None:
+        from dataclasses import replace
+
+        from ddpm_rt.plan import with_feature_cache
+
+        if options.guided:
+            raise ConfigError("feature caching does not run in guided sampler graphs yet; drop --cache-interval")
+        plan = with_feature_cache(plan, cache[1], cache[2])
+        options = replace(options, cache=cache[0])
     kind = resolve_graph_kind(graph, plan, edit)
     description = sampler_metadata(plan, spec, kind, options)
     build = build_loop_graph if kind == "loop" else build_step_graph
@@ -358,6 +391,7 @@ def export_sampler_graph(
         **verify(model, denoiser, kind, plan, tuple(spec.sample_shape), options=options),
         "tolerance": TOLERANCE, "batch": VERIFY_BATCH, "steps": plan.steps, "check_level": CHECK_LEVEL,
         "against": "runtime.loop.sample_loop driven by ONNX Runtime on the plain denoiser, same noise"
+                   + (" (the feature-cache graphs on cached rows)" if cache is not None else "")
                    + (" (runtime.guidance for CFG)" if options.guided else "")
                    + (" (ddpm_rt.editing: starts 0 and N/3, a half-known mask)" if edit else ""),
     }

@@ -72,6 +72,18 @@ _ONNX_TYPE = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
 
 
 @dataclass(frozen=True)
+class CacheGraphs:
+    """Feature caching's two graphs (`exporter.feature_cache`): full (x, t -> out, feature) and shallow
+    (x, t, feature -> out). In a full-loop graph the feature is loop-carried state and each step runs
+    one of them inside an ``If`` on the plan column ``full`` (1 = full, 0 = a cached row)."""
+
+    full: onnx.ModelProto
+    shallow: onnx.ModelProto
+    feature_name: str
+    feature_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class GraphOptions:
     """What a sampler graph takes besides the sample: the denoiser's conditioning (a guided graph),
     and whether it edits (start, image, mask). `plan_for_start` gives the plan of a run that starts
@@ -80,19 +92,20 @@ class GraphOptions:
     cond: tuple[CondInput, ...] = ()
     edit: bool = False
     plan_for_start: Callable[[int], SamplingPlan] | None = None
+    cache: CacheGraphs | None = None  # feature caching (a plan with cached rows; full-loop graphs only)
 
     @property
     def guided(self) -> bool:
         return bool(self.cond)
 
 
-def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
-    """Rename every value in `graph` (and its subgraphs) in place: mapped names, else PREFIX+name."""
+def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str], prefix: str = PREFIX) -> None:
+    """Rename every value in `graph` (and its subgraphs) in place: mapped names, else prefix+name."""
 
     def name(n: str) -> str:
         if not n:  # an omitted optional input stays omitted
             return n
-        return mapping.get(n, PREFIX + n)
+        return mapping.get(n, prefix + n)
 
     for vi in (*graph.input, *graph.output, *graph.value_info):
         vi.name = name(vi.name)
@@ -102,13 +115,13 @@ def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
         node.input[:] = [name(n) for n in node.input]
         node.output[:] = [name(n) for n in node.output]
         if node.name:
-            node.name = PREFIX + node.name
+            node.name = prefix + node.name
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                _rename_graph(attr.g, mapping)
+                _rename_graph(attr.g, mapping, prefix)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    _rename_graph(g, mapping)
+                    _rename_graph(g, mapping, prefix)
 
 
 def _check_denoiser(model: onnx.ModelProto, cond: tuple[CondInput, ...] = ()) -> int:
@@ -158,7 +171,7 @@ def _columns(plan: SamplingPlan, noise: bool, edit: bool = False) -> tuple[str, 
     the known-region and forward coefficients and `called`, 1 where the row calls the denoiser)."""
     return (("timesteps", "a", "b") + (("sigma",) if noise else ())
             + (("cx", "co", "p0") if plan.converts else ()) + tuple(history_names(plan)[0])
-            + (("kx", "kn", "qx", "qn", "called") if edit else ()))
+            + (("kx", "kn", "qx", "qn", "called") if edit else ()) + (("full",) if plan.cached_calls else ()))
 
 
 def _column(plan: SamplingPlan, name: str) -> np.ndarray:
@@ -166,6 +179,8 @@ def _column(plan: SamplingPlan, name: str) -> np.ndarray:
         return plan.hist[:, int(name.split("_")[1]) - 1]
     if name == "called":
         return (plan.calls != 0).astype(np.float32)
+    if name == "full":  # feature caching: 1 = the full U-Net, 0 = the shallow graph on the carried feature
+        return (plan.calls == 1).astype(np.float32)
     return getattr(plan, name)
 
 
@@ -232,7 +247,7 @@ def _plan_tables(plan: SamplingPlan, noise: bool, options: GraphOptions | None =
             numpy_helper.from_array(np.array([1], dtype=np.int64), "plan/one1")]
     if plan.clip is not None:
         tabs += [_scalar("plan/clip_lo", plan.clip[0]), _scalar("plan/clip_hi", plan.clip[1])]
-    if plan.depth >= 2:  # the history shift passes past outputs on as x·1 (see _step_nodes)
+    if plan.depth >= 2 or plan.cached_calls:  # past outputs / the kept feature passed on as x·1 (_step_nodes)
         tabs.append(_scalar("plan/one", 1.0))
     if options.edit:
         tabs += [_scalar("plan/depth", plan.depth, np.int64), _scalar("plan/stride", plan.depth + 1, np.int64)]
@@ -310,10 +325,33 @@ def _denoise_nodes(denoiser: onnx.ModelProto, x: str, t: str, out: str, batch: s
     return nodes, den_inits
 
 
+def _cache_nodes(cache: CacheGraphs, x: str, t: str, out: str, feature: tuple[str, str],
+                 n: Callable[[str], str]) -> list[onnx.NodeProto]:
+    """If(full[step]): (out, feature_out) = full(x, t), else (shallow(x, t, feature_in), feature_in·1).
+    Each branch holds its graph's weights as its own initializers (as the Loop body does: ORT re-packs
+    a Conv's weights only in the Conv's own graph)."""
+    f_in, f_out = feature
+    info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
+    g_full = copy.deepcopy(cache.full.graph)
+    _rename_graph(g_full, {CONTRACT.x_name: x, CONTRACT.t_name: t, CONTRACT.out_name: n("out_full"),
+                           cache.feature_name: n("feat_full")}, prefix=PREFIX)
+    then = helper.make_graph(list(g_full.node), n("full"), [], [info(n("out_full")), info(n("feat_full"))],
+                             initializer=list(g_full.initializer))
+    g_sh = copy.deepcopy(cache.shallow.graph)
+    _rename_graph(g_sh, {CONTRACT.x_name: x, CONTRACT.t_name: t, CONTRACT.out_name: n("out_shallow"),
+                         cache.feature_name: f_in}, prefix="shallow/")
+    kept = helper.make_node("Mul", [f_in, "plan/one"], [n("feat_kept")], name=n("feat_kept"))
+    other = helper.make_graph([*g_sh.node, kept], n("cached"), [], [info(n("out_shallow")), info(n("feat_kept"))],
+                              initializer=list(g_sh.initializer))
+    return [helper.make_node("Cast", [n("c_full")], [n("is_full")], to=TensorProto.BOOL, name=n("is_full")),
+            helper.make_node("If", [n("is_full")], [out, f_out], then_branch=then, else_branch=other,
+                             name=n("full_or_cached"))]
+
+
 def _step_nodes(
     plan: SamplingPlan, x: str, step: str, noise: str | None, x_prev: str, batch: str, tag: str,
     hist: tuple[list[str], list[str]] = ([], []), *, denoiser: onnx.ModelProto, opset: int, ndim: int,
-    options: GraphOptions | None = None, noise_start: bool = False,
+    options: GraphOptions | None = None, noise_start: bool = False, feature: tuple[str, str] | None = None,
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The nodes of one step, the denoiser call included, and the initializers they need.
 
@@ -321,6 +359,8 @@ def _step_nodes(
     outputs d_i..d_{i-H+1}) moves on by one step. Edit graphs read ``start``, ``image``, ``mask``;
     with `noise_start` (the step graph) x is the noise z at step == start and is noised here.
     Names are suffixed with `tag` so the same builder serves the main graph and a Loop body.
+    With `options.cache`, `feature` = (the kept feature in, the feature out): the step runs the full
+    graph (a new feature) or the shallow one (the kept feature passed on) inside an ``If``.
     """
     options = options or GraphOptions()
     n = lambda s: f"{s}{tag}"  # noqa: E731 - a local naming helper
@@ -351,6 +391,9 @@ def _step_nodes(
                    helper.make_node("Where", [n("first"), n("noised"), x], [x_in], name=x_in)]
         x = x_in
     den_nodes, inits = _denoise_nodes(denoiser, x, t, out, batch, tag, options, opset, ndim)
+    if options.cache is not None:
+        assert feature is not None and not options.guided and not options.edit
+        den_nodes, inits = _cache_nodes(options.cache, x, t, out, feature, n), []
     if options.edit and np.any(plan.calls == 0):  # RePaint undo rows: no call, out = 0 (b = p0 = 0 there)
         then = helper.make_graph(den_nodes, n("call"), [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
                                  initializer=inits)
@@ -504,17 +547,23 @@ def build_loop_graph(
         step, noise = "body/step", "body/z"
         pre = [helper.make_node("Add", ["body/i", "start"], [step], name="body/step"),
                helper.make_node("Gather", ["noise", step], [noise], name="body/z")]
+    cache = options.cache
+    f_in, f_out = (["body/feat"], ["body/feat_next"]) if cache is not None else ([], [])
     nodes, den_inits = _step_nodes(plan, "body/x", step, noise, "body/x_next", "loop/batch", tag="@body",
                                    hist=(h_in, h_out), denoiser=denoiser, opset=opset, ndim=1 + len(sample_shape),
-                                   options=options)
+                                   options=options, feature=(f_in[0], f_out[0]) if cache is not None else None)
+    feat_info = lambda name: helper.make_tensor_value_info(  # noqa: E731
+        name, TensorProto.FLOAT, ["batch", *cache.feature_shape])  # type: ignore[union-attr]
     body = helper.make_graph(
         [*pre, *nodes, helper.make_node("Identity", ["body/cond"], ["body/cond_out"], name="body/cond")],
         "ddpm_rt_loop_body",
         inputs=[helper.make_tensor_value_info("body/i", TensorProto.INT64, []),
                 helper.make_tensor_value_info("body/cond", TensorProto.BOOL, []),
-                _tensor_info("body/x", sample_shape), *(_tensor_info(h, sample_shape) for h in h_in)],
+                _tensor_info("body/x", sample_shape), *(_tensor_info(h, sample_shape) for h in h_in),
+                *(feat_info(f) for f in f_in)],
         outputs=[helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
-                 _tensor_info("body/x_next", sample_shape), *(_tensor_info(h, sample_shape) for h in h_out)],
+                 _tensor_info("body/x_next", sample_shape), *(_tensor_info(h, sample_shape) for h in h_out),
+                 *(feat_info(f) for f in f_out)],
         initializer=den_inits,
     )
     # multistep: hist_1..hist_H are loop-carried state, zeros before the first step
@@ -534,8 +583,17 @@ def build_loop_graph(
             helper.make_node("Add", ["loop/qz", "loop/qi"], [x0], name="loop/x_start"),
             helper.make_node("Sub", ["loop/trip_count", "start"], [trip], name="loop/trips"),
         ]
-    loop = helper.make_node("Loop", [trip, "loop/cond", x0, *(["loop/zeros"] * len(h_in))],
-                            ["x_0", *(f"loop/hist_{j}_final" for j in range(1, len(h_in) + 1))],
+    feat0, feat_consts = [], []
+    if cache is not None:  # the kept feature: zeros [B, *feature_shape] before the first (full) step
+        zeros += [helper.make_node("Concat", ["loop/batch", "loop/feat_dims"], ["loop/feat_shape"], axis=0,
+                                   name="loop/feat_shape"),
+                  helper.make_node("ConstantOfShape", ["loop/feat_shape"], ["loop/feat0"], name="loop/feat0",
+                                   value=numpy_helper.from_array(np.zeros(1, np.float32)))]
+        feat0 = ["loop/feat0"]
+        feat_consts = [numpy_helper.from_array(np.array(cache.feature_shape, np.int64), "loop/feat_dims")]
+    loop = helper.make_node("Loop", [trip, "loop/cond", x0, *(["loop/zeros"] * len(h_in)), *feat0],
+                            ["x_0", *(f"loop/hist_{j}_final" for j in range(1, len(h_in) + 1)),
+                             *(["loop/feat_final"] if feat0 else [])],
                             name="sampler_loop", body=body)
     inputs = [_tensor_info("x_init", sample_shape)]
     extra = _extra_inputs(options, sample_shape)
@@ -548,7 +606,8 @@ def build_loop_graph(
         outputs=[_tensor_info("x_0", sample_shape)],
         initializer=[_scalar("loop/trip_count", plan.steps, np.int64),
                      numpy_helper.from_array(np.array(True), "loop/cond"),
-                     *_plan_tables(plan, noise=options.edit, options=options), *_extra_constants(options)],
+                     *_plan_tables(plan, noise=options.edit, options=options), *_extra_constants(options),
+                     *feat_consts],
     )
     return _model(graph, denoiser, opset, metadata)
 

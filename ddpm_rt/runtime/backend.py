@@ -33,6 +33,7 @@ class BackendOptions:
     precision: str = "fp32"  # a `ddpm_rt.precision.Precision` value
     cuda_graph: bool = True  # device backends: capture the whole loop in one CUDA graph
     cache_dir: str | None = None  # where optimized graphs / engines are cached
+    feature_cache: bool = False  # also open the feature-cache graphs (the plan's calls == 2 rows)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,10 @@ class Backend:
         """out = f(x, t, *cond): the conditioning inputs the model declares, in spec order."""
         raise NotImplementedError(f"backend {self.name} has no host denoiser call")
 
+    def cached(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        """A feature-cache row: the shallow graph on the deep feature of the last full call."""
+        raise ConfigError(f"backend {self.name!r} does not run feature caching; use --backend ort or openvino")
+
     def sample(
         self,
         plan: SamplingPlan,
@@ -81,6 +86,12 @@ class Backend:
         and the known region (`ddpm_rt.editing`). Raises `NonFiniteError` naming the step where
         NaN/inf first showed, unless `allow_nonfinite`.
         """
+        if plan.cached_calls:
+            if not self.host_loop:
+                raise ConfigError(f"backend {self.name!r} does not run feature caching yet; use --backend ort "
+                                  "or openvino, or drop --cache-interval")
+            if guidance is not None:
+                raise ConfigError("feature caching does not run with guidance yet; drop --cache-interval")
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are reported by the guard, by step
             out = self._run(plan, x_init, noise, rng, progress, allow_nonfinite, guidance, edit)
         if not allow_nonfinite:
@@ -94,9 +105,11 @@ class Backend:
         model: ModelFn = self
         if guidance is not None:
             model = GuidedModel(self, guidance, x_init.shape[0], tuple(x_init.shape[1:]))
+        shallow: ModelFn | None = self.cached if plan.cached_calls else None
         if not allow_nonfinite:
-            model = FiniteCheck(model, plan.model_calls, self.name)
-        return sample_loop(model, plan, x_init, noise=noise, rng=rng, progress=progress, edit=edit)
+            check = FiniteCheck(model, plan.model_calls, self.name)
+            model, shallow = check, (check.also(shallow) if shallow is not None else None)
+        return sample_loop(model, plan, x_init, noise=noise, rng=rng, progress=progress, edit=edit, shallow=shallow)
 
     @property
     def host_loop(self) -> bool:

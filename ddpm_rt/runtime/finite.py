@@ -49,6 +49,14 @@ class FiniteCheck:
         self.x_ok = 0  # the last step after which the sample was checked finite (0 = x_T)
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return self._checked(self.model, x, t)
+
+    def also(self, model: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Another callable of the same run (feature caching's shallow graph), checked on the same count of calls."""
+        return lambda x, t: self._checked(model, x, t)
+
+    def _checked(self, model: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray,
+                 t: np.ndarray) -> np.ndarray:
         i, self.i = self.i, self.i + 1
         check = i % self.every == 0 or i == self.steps - 1
         if check:
@@ -57,7 +65,7 @@ class FiniteCheck:
                     f"the sample after step {i} of {self.steps} (it was finite after step {self.x_ok})")
                 raise NonFiniteError(f"NaN/inf first seen in {where} on {self.backend}; {HINT}")
             self.x_ok = i
-        out = self.model(x, t)
+        out = model(x, t)
         if check and not is_finite(out):
             raise NonFiniteError(
                 f"the model output is NaN/inf at step {i + 1} of {self.steps} on {self.backend} "

@@ -38,6 +38,7 @@ def sample_loop(
     rng: np.random.Generator | None = None,
     progress: ProgressFn | None = None,
     edit: Edit | None = None,
+    shallow: ModelFn | None = None,
 ) -> np.ndarray:
     """Run every step of `plan` from `x_init` and return the final sample (a new array).
 
@@ -52,7 +53,11 @@ def sample_loop(
         rng: generator for the per-step noise (default: a fresh unseeded one).
         progress: called as ``progress(step_done, steps)`` after every step.
         edit: start from an image and/or keep a known region (`ddpm_rt.editing.Edit`).
+        shallow: feature caching: called as ``shallow(x, t)`` on the plan's cached rows (calls == 2);
+            it reuses the deep feature `model` kept at the last full row (`plan.with_feature_cache`).
     """
+    if shallow is None and plan.cached_calls:
+        raise ConfigError(f"the plan has {plan.cached_calls} feature-cache rows but no shallow model was given")
     x = np.array(x_init, dtype=np.float32, copy=True, order="C")  # (B, ...) the running sample
     batch = x.shape[0]
     if noise is not None and noise.shape != (plan.steps, *x.shape):
@@ -78,7 +83,7 @@ def sample_loop(
     # clip bounds as float32 scalars, made once: np.minimum / np.maximum on them allocate nothing
     lo, hi = (np.float32(v) for v in (plan.clip if plan.clip is not None else (0.0, 0.0)))
 
-    calls = plan.calls  # (N,) int8: 0 = an undo row (no model call)
+    calls = plan.calls  # (N,) int8: 0 = an undo row (no model call), 1 = full, 2 = feature-cache row
     for i in range(plan.steps):
         zi = None
         if draws[i]:
@@ -98,7 +103,7 @@ def sample_loop(
                 progress(i + 1, plan.steps)
             continue
         t_buf.fill(plan.timesteps[i])
-        out = model(x, t_buf)
+        out = model(x, t_buf) if calls[i] == 1 else shallow(x, t_buf)  # type: ignore[misc]
         d = ring[slots[i, 0]] if ring else None
         if d is not None:
             # d_i = [clip](cx·x + co·out) before x is overwritten

@@ -34,6 +34,7 @@ from ddpm_rt.fsutil import (
     atomic_write_text,
     clean_stale_temps,
     file_lock,
+    file_sha256,
     json_key,
     writable_dir,
 )
@@ -153,8 +154,13 @@ class OpenVinoBackend(Backend):
     device = "cpu"
 
     def __init__(self, request: Any, contract: GraphContract, batch: int,
-                 sample_shape: tuple[int, ...], info: dict[str, Any]) -> None:
+                 sample_shape: tuple[int, ...], info: dict[str, Any], shallow: Any = None,
+                 feature: tuple[str, tuple[int, ...]] | None = None) -> None:
         self._request = request
+        # feature caching: `request` runs the full graph that also writes the deep feature into
+        # `_feat`, `shallow` the graph that reads it (both share x, t, out and the one feature buffer)
+        self._shallow = shallow
+        self.feature_name, self.feature_shape = feature if feature is not None else ("", ())
         self.contract = contract
         self.x_name, self.t_name, self.out_name = contract.x_name, contract.t_name, contract.out_name
         self.batch = batch
@@ -172,6 +178,11 @@ class OpenVinoBackend(Backend):
                      *(np.zeros((batch, *c.shape), c.np_dtype) for c in contract.conditioning))
         self._out = np.zeros(shape, np.float32)  # (B, ...) the model writes here
         self._set(self.out_name, self._out)
+        if shallow is not None:
+            self._feat = np.zeros((batch, *self.feature_shape), np.float32)  # (B, C_f, H_f, W_f)
+            self._set(self.feature_name, self._feat)
+            self._set(self.feature_name, self._feat, shallow)
+            self._set(self.out_name, self._out, shallow)
         self._bound: tuple[np.ndarray, ...] | None = None
         self._share(self._own)
 
@@ -196,30 +207,51 @@ class OpenVinoBackend(Backend):
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _HINTS[precision][0],
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         fields = cache_fields(_bundle_sha256(bundle), batch, precision, ov.__version__, threads)
-        cache = cache_dir_for(bundle.onnx_path, options.cache_dir) / cache_key(fields)
         contract = CONTRACT.for_spec(bundle.spec)
         sample_shape = tuple(bundle.spec.sample_shape)
+        onnx_path, shallow_path, feature = bundle.onnx_path, None, None
+        if options.feature_cache:  # the full graph that also outputs the feature, and the shallow one
+            if bundle.precision != "fp32":
+                raise ConfigError(f"feature caching runs the fp32 cache graphs; this bundle is {bundle.precision} "
+                                  "(open it without --cache-interval)")
+            graphs = bundle.feature_cache()
+            onnx_path, shallow_path = graphs.full, graphs.shallow
+            feature = (graphs.feature_name, graphs.feature_shape)
 
-        def compile_model() -> Any:
-            try:
-                model = core.read_model(str(bundle.onnx_path))
-                model.reshape({name: list(shape) for name, shape in contract.shapes(sample_shape, batch).items()
-                               if name in contract.input_names})
-            except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped RuntimeErrors
-                raise BundleError(f"OpenVINO cannot read {bundle.onnx_path}: {first_line(e)}") from None
-            return core.compile_model(model, DEVICE, config)
+        def compile_at(path: Path, role: str) -> tuple[Any, str, Path]:
+            slot = fields if role == "denoiser" else {**fields, "graph": role, "graph_sha256": file_sha256(path)}
+            cache = cache_dir_for(bundle.onnx_path, options.cache_dir) / cache_key(slot)
+
+            def compile_model() -> Any:
+                try:
+                    model = core.read_model(str(path))
+                    shapes = {name: list(shape) for name, shape in contract.shapes(sample_shape, batch).items()
+                              if name in contract.input_names}
+                    if role == "cache_shallow":
+                        assert feature is not None
+                        shapes[feature[0]] = [batch, *feature[1]]
+                    model.reshape(shapes)
+                except Exception as e:  # noqa: BLE001 - OpenVINO raises untyped RuntimeErrors
+                    raise BundleError(f"OpenVINO cannot read {path}: {first_line(e)}") from None
+                return core.compile_model(model, DEVICE, config)
+
+            return (*cached_compile(core, cache, slot, config, compile_model), cache)
 
         t0 = time.perf_counter()
-        compiled, status = cached_compile(core, cache, fields, config, compile_model)
+        compiled, status, cache = compile_at(onnx_path, "cache_full" if shallow_path is not None else "denoiser")
+        shallow = compile_at(shallow_path, "cache_shallow")[0] if shallow_path is not None else None
         info = {
-            "onnx": str(bundle.onnx_path), "cache_dir": str(cache), "model_cache": status,
+            "onnx": str(onnx_path), "cache_dir": str(cache), "model_cache": status,
             "compile_s": round(time.perf_counter() - t0, 3), "precision": precision.value,
             "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
             "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "device": DEVICE, "openvino": ov.__version__, "capabilities": capabilities,
         }
-        be = cls(compiled.create_infer_request(), contract, batch, sample_shape, info)
+        be = cls(compiled.create_infer_request(), contract, batch, sample_shape, info,
+                 shallow=shallow.create_infer_request() if shallow is not None else None, feature=feature)
         be._check_io(compiled)
+        if shallow is not None:
+            be._check_io(shallow)
         return be
 
     def _check_io(self, compiled: Any) -> None:
@@ -233,14 +265,16 @@ class OpenVinoBackend(Backend):
 
     # -- buffers ---------------------------------------------------------------------------
 
-    def _set(self, name: str, array: np.ndarray) -> None:
+    def _set(self, name: str, array: np.ndarray, request: Any = None) -> None:
         ov = _import_ov()
-        self._request.set_tensor(name, ov.Tensor(array, shared_memory=True))
+        (request or self._request).set_tensor(name, ov.Tensor(array, shared_memory=True))
 
     def _share(self, inputs: tuple[np.ndarray, ...]) -> None:
         """Make the inputs (full batch, C-contiguous) the request's inputs, zero copy."""
         for name, array in zip(self.contract.input_names, inputs, strict=True):
             self._set(name, array)
+            if self._shallow is not None:
+                self._set(name, array, self._shallow)
         self._bound = inputs  # holding them keeps the identity test in __call__ sound
 
     def _shareable(self, inputs: tuple[np.ndarray, ...]) -> bool:
@@ -261,9 +295,33 @@ class OpenVinoBackend(Backend):
                 + ", ".join(str(list(np.shape(a))) for a in inputs)
             )
 
-    def _infer(self) -> None:
-        self._start_async(self._request, self._no_inputs, None)  # infer() would build a result dict
-        self._request.wait()
+    def _infer(self, request: Any = None) -> None:
+        request = request or self._request
+        self._start_async(request, self._no_inputs, None)  # infer() would build a result dict
+        request.wait()
+
+    def cached(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        """out = shallow(x, t, *cond, feature of the last full call): a feature-cache row."""
+        if self._shallow is None:
+            raise ConfigError(f"backend {self.name!r} was opened without the feature-cache graphs; "
+                              "open it with BackendOptions(feature_cache=True)")
+        inputs = (x, t, *cond)
+        bound = self._bound
+        if bound is not None and len(bound) == len(inputs) and all(a is b for a, b in zip(inputs, bound, strict=True)):
+            self._infer(self._shallow)
+            return self._out
+        self._check_shape(inputs)
+        if self._shareable(inputs):
+            self._share(inputs)
+            self._infer(self._shallow)
+            return self._out
+        b = x.shape[0]
+        if self._bound is not self._own:
+            self._share(self._own)
+        for own, given in zip(self._own, inputs, strict=True):
+            np.copyto(own[:b], given, casting="same_kind")
+        self._infer(self._shallow)
+        return self._out[:b]
 
     def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
         """out = f(x, t, *cond). The loop passes the same arrays every step: shared once, then reused."""
@@ -288,3 +346,4 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self._bound = None
         self._request = None
+        self._shallow = None

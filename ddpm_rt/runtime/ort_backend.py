@@ -29,10 +29,11 @@ if TYPE_CHECKING:
 
 
 def check_session_io(session: Any, sample_shape: tuple[int, ...], batch: int, where: str,
-                     contract: GraphContract = CONTRACT) -> None:
-    """The contract check (`bundle.contract.check_io`) on an ORT session, and its batch against ours."""
+                     contract: GraphContract = CONTRACT, feature: str | None = None) -> None:
+    """The contract check (`bundle.contract.check_io`) on an ORT session, and its batch against ours
+    (`feature`: the feature-cache tensor a cache graph has besides the contract's, not checked here)."""
     def describe(values: list[Any]) -> dict[str, tuple[str, list[Any]]]:
-        return {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in values}
+        return {v.name: (ORT_DTYPES.get(v.type, v.type), list(v.shape)) for v in values if v.name != feature}
 
     fixed = check_io(describe(session.get_inputs()), describe(session.get_outputs()), sample_shape, where,
                      contract)
@@ -69,8 +70,14 @@ class OrtCpuBackend(Backend):
 
     def __init__(self, session: ort.InferenceSession, batch: int, sample_shape: tuple[int, ...],
                  info: dict[str, Any], where: str = "the graph",
-                 conditioning: tuple[CondInput, ...] = (), contract: GraphContract = CONTRACT) -> None:
+                 conditioning: tuple[CondInput, ...] = (), contract: GraphContract = CONTRACT,
+                 shallow: ort.InferenceSession | None = None, feature: tuple[str, tuple[int, ...]] | None = None,
+                 ) -> None:
         self.session = session
+        # feature caching (`export --feature-cache`): `session` is then the full graph that also
+        # writes the deep feature, `shallow` the graph that reads it back; one feature buffer
+        self.shallow = shallow
+        self.feature_name, self.feature_shape = feature if feature is not None else ("", ())
         self.batch = batch
         self.sample_shape = tuple(sample_shape)
         self.info = info  # model path, cache status, session settings (reported by bench)
@@ -79,6 +86,7 @@ class OrtCpuBackend(Backend):
         self.x_name, self.t_name, self.out_name = contract.x_name, contract.t_name, contract.out_name
         self._check_io(where)
         self._binding = session.io_binding()
+        self._shallow_binding = shallow.io_binding() if shallow is not None else None
         self._alloc_buffers()
 
     # -- opening -------------------------------------------------------------------------
@@ -126,18 +134,30 @@ class OrtCpuBackend(Backend):
         ort = _import_ort()
         from ddpm_rt.runtime import ort_cache
 
-        onnx_path = bundle.onnx_path
+        onnx_path, shallow_path, feature = bundle.onnx_path, None, None
+        if options.feature_cache:  # the full graph that also outputs the feature, and the shallow one
+            if bundle.precision != "fp32":
+                raise ConfigError(f"feature caching runs the fp32 cache graphs; this bundle is {bundle.precision} "
+                                  "(open it without --cache-interval)")
+            graphs = bundle.feature_cache()
+            onnx_path, shallow_path = graphs.full, graphs.shallow
+            feature = (graphs.feature_name, graphs.feature_shape)
         cache = ort_cache.cache_dir_for(onnx_path, options.cache_dir)
         providers = cls.providers(onnx_path, batch, bundle.spec.sample_shape, options, cache)
-        model_path, status = onnx_path, "disabled"
-        if cls.cache_graph() and options.extra.get("graph_cache", True):
-            model_path, status = ort_cache.optimized_model(
-                onnx_path, cls.provider, providers, cache_dir=options.cache_dir)
         so = cls.session_options(options)
-        try:
-            session = ort.InferenceSession(str(model_path), so, providers=providers)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
-            raise BundleError(f"onnxruntime cannot load {model_path}: {first_line(e)}") from None
+
+        def session_for(path: Path) -> tuple[Any, Path, str]:
+            model_path, status = path, "disabled"
+            if cls.cache_graph() and options.extra.get("graph_cache", True):
+                model_path, status = ort_cache.optimized_model(
+                    path, cls.provider, providers, cache_dir=options.cache_dir)
+            try:
+                return ort.InferenceSession(str(model_path), so, providers=providers), model_path, status
+            except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
+                raise BundleError(f"onnxruntime cannot load {model_path}: {first_line(e)}") from None
+
+        session, model_path, status = session_for(onnx_path)
+        shallow = session_for(shallow_path)[0] if shallow_path is not None else None
         info = {
             "onnx": str(onnx_path),
             "model": str(model_path),
@@ -148,8 +168,10 @@ class OrtCpuBackend(Backend):
             "optimization": "extended (cached) + all" if status != "disabled" else "all",
             "onnxruntime": ort.__version__,
         }
+        if shallow is not None:
+            info["feature_cache"] = {"shallow": str(shallow_path), "feature_shape": list(feature[1])}
         return cls(session, batch, bundle.spec.sample_shape, info, where=str(onnx_path),
-                   conditioning=bundle.spec.conditioning)
+                   conditioning=bundle.spec.conditioning, shallow=shallow, feature=feature)
 
     @classmethod
     def check_precision(cls, precision: str) -> None:
@@ -161,7 +183,9 @@ class OrtCpuBackend(Backend):
             )
 
     def _check_io(self, where: str) -> None:
-        check_session_io(self.session, self.sample_shape, self.batch, where, self.contract)
+        check_session_io(self.session, self.sample_shape, self.batch, where, self.contract, self.feature_name or None)
+        if self.shallow is not None:
+            check_session_io(self.shallow, self.sample_shape, self.batch, where, self.contract, self.feature_name)
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -173,6 +197,9 @@ class OrtCpuBackend(Backend):
                      *(np.zeros((self.batch, *c.shape), c.np_dtype) for c in self.conditioning))
         self._out = np.zeros(shape, dtype=np.float32)  # (B, ...) the model writes here
         self._out_ov = {self.batch: ort.OrtValue.ortvalue_from_numpy(self._out)}
+        # the cached deep feature (B, C_f, H_f, W_f): written by a full call, read by the shallow ones
+        self._feat = np.zeros((self.batch, *self.feature_shape), np.float32) if self.shallow is not None else None
+        self._feat_ov: dict[int, Any] = {}
         self._bound: tuple[np.ndarray, ...] | None = None  # the arrays bound as inputs (x, t, *cond)
         self._bind(self._own)
         self._own_bound = self.batch
@@ -186,6 +213,15 @@ class OrtCpuBackend(Backend):
         for name, array in zip(self.contract.input_names, inputs, strict=True):
             self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
         self._binding.bind_ortvalue_output(self.out_name, self._out_ov[b])
+        if self._shallow_binding is not None:
+            assert self._feat is not None
+            if b not in self._feat_ov:
+                self._feat_ov[b] = ort.OrtValue.ortvalue_from_numpy(self._feat[:b])
+            self._binding.bind_ortvalue_output(self.feature_name, self._feat_ov[b])
+            for name, array in zip(self.contract.input_names, inputs, strict=True):
+                self._shallow_binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+            self._shallow_binding.bind_ortvalue_input(self.feature_name, self._feat_ov[b])
+            self._shallow_binding.bind_ortvalue_output(self.out_name, self._out_ov[b])
         self._bound = inputs  # holding the arrays keeps the identity test below sound
         self._bound_out = self._out[:b]  # one view, made here: returned by every call
         self._own_bound = 0
@@ -230,13 +266,34 @@ class OrtCpuBackend(Backend):
         self._run_bound()
         return self._bound_out
 
-    def _run_bound(self) -> None:
+    def cached(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
+        """out = shallow(x, t, *cond, feature of the last full call): a feature-cache row."""
+        if self._shallow_binding is None:
+            raise ConfigError(f"backend {self.name!r} was opened without the feature-cache graphs; "
+                              "open it with BackendOptions(feature_cache=True)")
+        inputs = (x, t, *cond)
+        bound = self._bound
+        if bound is None or len(bound) != len(inputs) or any(a is not c for a, c in zip(inputs, bound, strict=True)):
+            self._check_shape(inputs)  # not the arrays of the last full call: ours, copied into
+            b = x.shape[0]
+            for own, given in zip(self._own, inputs, strict=True):
+                np.copyto(own[:b], given, casting="same_kind")
+            if self._own_bound != b:
+                self._bind(tuple(own[:b] for own in self._own))
+                self._own_bound = b
+            self._bound = None
+        self._run_bound(self._shallow_binding, self.shallow)
+        return self._bound_out
+
+    def _run_bound(self, binding: Any = None, session: Any = None) -> None:
         try:
-            self.session.run_with_iobinding(self._binding)
+            (session or self.session).run_with_iobinding(binding or self._binding)
         except Exception as e:  # noqa: BLE001 - ORT's untyped runtime errors, as one line
             raise BundleError(f"onnxruntime failed running the denoiser: {first_line(e)}") from None
 
     def close(self) -> None:
         self._bound = None
         self._binding = None
+        self._shallow_binding = None
         self.session = None
+        self.shallow = None
