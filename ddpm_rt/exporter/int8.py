@@ -60,24 +60,34 @@ class Int8Options:
 
 
 def record_trajectories(onnx_path: Path, spec: Any, options: Int8Options) -> list[dict[str, np.ndarray]]:
-    """[{x, t}] fed to the fp32 graph at every step of `options.trajectories` DDIM runs (ORT CPU)."""
+    """[{x, t, *cond}] fed to the fp32 graph at every step of `options.trajectories` DDIM runs (ORT CPU).
+
+    A conditional model runs each trajectory on labels drawn over its range, the null among them
+    (`parity.draw_conditioning`), so both CFG halves are calibrated.
+    """
     import onnxruntime as ort
 
+    from ddpm_rt.exporter.parity import draw_conditioning
     from ddpm_rt.runtime.loop import initial_noise, sample_loop
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     records: list[dict[str, np.ndarray]] = []
+    cond: dict[str, np.ndarray] = {}
 
     def model(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        records.append({"x": x.copy(), "t": t.copy()})
-        return session.run(["out"], {"x": x, "t": t})[0]
+        feed = {"x": x.copy(), "t": t.copy(), **cond}
+        records.append(feed)
+        return session.run(["out"], feed)[0]
 
     plan = spec.plan(spec.sampler(options.steps, sampler="ddim"))
     shape = (options.batch, *spec.sample_shape)
     for k in range(options.trajectories):
         x_init = initial_noise(shape, np.random.default_rng(options.seed + k))
+        drawn = draw_conditioning(spec.conditioning, options.batch, np.random.default_rng(options.seed + k),
+                                  with_null=options.batch > 1 or k % 2 == 1)
+        cond = {c.name: v for c, v in zip(spec.conditioning, drawn, strict=True)}
         sample_loop(model, plan, x_init, rng=np.random.default_rng(options.seed + k))
     return records
 

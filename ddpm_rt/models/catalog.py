@@ -115,7 +115,7 @@ BUILTIN: dict[str, BuiltinModel] = {
                 prediction_type="epsilon",
                 sample_shape=(1, 16, 16),
                 clip=(-1.0, 1.0),
-                sampler_defaults={GUIDANCE_KEY: 2.0},
+                sampler_defaults={GUIDANCE_KEY: 1.0},  # measured (MODEL_CARD.md): 96.6% of the requested class, FD ratio 1.18
                 conditioning=(CondInput(CLASS_LABELS, "class", num_classes=10, null=10),),
             ),
             config={"in_channels": 1, "base_channels": 32, "channel_mult": [1, 2, 2],

@@ -159,5 +159,12 @@ def test_conditional_checkpoint_exports(tmp_path: Path, capsys) -> None:
                                             "shape": [], "num_classes": 10, "null": 10}
     assert m["parity"]["max_abs"] <= 1e-4
     _labels_checked(m, "class_labels", 10)
+    # int8 calibration runs the graph on labels too, the null among them
+    from ddpm_rt.exporter.int8 import Int8Options, record_trajectories
+
+    spec = load_bundle(out).spec
+    records = record_trajectories(out / "denoiser.onnx", spec, Int8Options(trajectories=2, steps=2, batch=3))
+    labels = {int(v) for r in records for v in r["class_labels"]}
+    assert 10 in labels and len(labels) > 2 and all(r["class_labels"].shape == (3,) for r in records)
     proc = call_main(capsys, "export", "cond-digits", "--null-label", "3", "--out", str(tmp_path / "c"))
     assert_one_line_error(proc, "carries its own conditioning")

@@ -28,8 +28,11 @@ def test_fresh_export_matches_the_shipped_bundle(name: str, tmp_path) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, *src.spec.sample_shape), dtype=np.float32)
     plan = src.spec.plan(src.spec.sampler())
+    # conditional models: labels over the classes and the null (the last sample)
+    cond = [np.arange(4) % c.num_classes if c.null is None else np.r_[np.arange(3) % c.num_classes, int(c.null)]
+            for c in src.spec.conditioning]
     opts = BackendOptions(threads=1, extra={"graph_cache": False})
     with open_backend("ort", ours, 4, opts) as a, open_backend("ort", fresh, 4, opts) as b:
         for t in (plan.timesteps[0], plan.timesteps[len(plan.timesteps) // 2], plan.timesteps[-1]):
             tt = np.full(4, t, np.float32)
-            np.testing.assert_allclose(np.array(a(x, tt)), np.array(b(x, tt)), atol=1e-5, rtol=0)
+            np.testing.assert_allclose(np.array(a(x, tt, *cond)), np.array(b(x, tt, *cond)), atol=1e-5, rtol=0)
