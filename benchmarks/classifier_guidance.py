@@ -7,7 +7,9 @@ The shipped `digits` bundle is copied to a temporary directory and the shipped n
 classifier (assets/noisy_digits_classifier) attached to it (`ddpm-rt attach-classifier`). For each
 classifier scale s, n samples (labels 0..9 in turn, the same initial and per-step noise for every s)
 run DDIM (eta 0) on ONNX Runtime fp32 with eps ← eps − s·sqrt(1 − abar_t)·∇x log p(y | x_t, t); the
-denoiser is called with (x, t) only, the labels go to the classifier. s = 0 is the unguided model.
+denoiser is called with (x, t) only, the labels go to the classifier. s = 0 is the unguided model
+(x̂0 clipped, as the model samples by default); guided runs do not clip x̂0 (`ddpm_rt.sampling`), and
+are judged on their samples clipped to [-1, 1] (the share of raw pixels outside is reported).
 
 Judge: the project's clean-digits classifier (quality/digits_classifier.py): the share of samples
 classified as the class asked for (chance: 10%), and the feature FD to the held-out split beside the
@@ -68,14 +70,16 @@ def _markdown(result: dict[str, Any]) -> str:
         f"(real-vs-real reference at n = {result['n']}: "
         f"{result['rows'][0]['fd_real_vs_real']:.2f} ± {result['rows'][0]['fd_real_vs_real_std']:.2f}).",
         "",
-        "| scale s | requested | worst class | FD | FD / real-vs-real | judge confidence | seconds | × unguided time |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scale s | requested | worst class | FD | FD / real-vs-real | judge confidence | raw out of [-1, 1] | "
+        "x̂0 clip | seconds | × unguided time |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     base = result["rows"][0]["seconds"]
     for r in result["rows"]:
         worst = int(np.argmin(r["per_class"]))
         lines.append(f"| {r['scale']:g} | {r['requested_fraction']:.1%} | {worst}: {r['per_class'][worst]:.0%} | "
                      f"{r['fd']:.2f} | {r['fd'] / r['fd_real_vs_real']:.2f} | {r['judge_confidence']:.3f} | "
+                     f"{r['out_of_range_fraction']:.2%} | {r['x0_clip']} | "
                      f"{r['seconds']:.1f} | {r['seconds'] / base:.2f} |")
     lines += [
         "",
@@ -148,9 +152,12 @@ def main() -> None:
                 rng = np.random.default_rng(0)
                 x_init = initial_noise((args.n, *run.spec.sample_shape), rng)
                 t0 = time.perf_counter()
-                out = run.sample(plan, x_init, rng=rng)
+                raw = run.sample(plan, x_init, rng=rng)
                 secs = time.perf_counter() - t0
-            row = {"scale": s, "seconds": round(secs, 2), **_judge(out, labels)}
+                clip = run.notes.get("x0_clip", "on (the model's)")
+            out = np.clip(raw, -1.0, 1.0)  # guided x̂0 is not clipped: judge what a picture shows
+            row = {"scale": s, "seconds": round(secs, 2), "x0_clip": clip, **_judge(out, labels),
+                   "out_of_range_fraction": float(np.mean(np.abs(raw) > 1.0 + 1e-6))}
             grid.append(out[:10])
             result["rows"].append(row)
             result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]

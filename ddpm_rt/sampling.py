@@ -10,7 +10,7 @@ two of B, measured), then the batch sampled in chunks with one noise stream.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,12 @@ def open_run(source: ModelSource, backend: str = "auto", *, chunk: int, batch: i
         knobs: dict[str, Any] = {"scale": scale, "rescale": guidance_rescale}
         if classifier_scale:
             knobs.update(_classifier(artifact, spec, choice, classifier_scale, chunk, options))
+            if spec.clip is not None:
+                # The guided x̂0 is not clipped: at high noise the guidance moves x̂0 by
+                # s·(1 − abar)/sqrt(abar)·∇ (×158 at t = 999), and clipping turns that into saturated
+                # samples (digits, DDIM 50, s = 2: 58% of the class asked for with the clip, 93% without).
+                spec = replace(spec, clip=None)
+                notes["x0_clip"] = "off (classifier guidance)"
         probe = make_guidance(spec.conditioning, cond, batch, **knobs)
         mode = guidance_mode
         if mode == "auto":

@@ -81,20 +81,25 @@ def test_guided_eps_equals_the_reference_for_one_step(bundles, conditional, w, m
 def test_guided_sampling_equals_the_loop_over_the_reference(bundles, conditional):
     bundle, model = (bundles[0] if conditional else bundles[1]), bundles[2]
     src = resolve_source(str(bundle))
-    plan = src.spec.plan(SamplerSpec("ddim", 5, eta=1.0))
+    sampler = SamplerSpec("ddim", 5, eta=1.0)
+    plan = src.spec.plan(sampler)
     rng = np.random.default_rng(0)
     x_init = rng.standard_normal((B, *SHAPE)).astype(np.float32)
     noise = rng.standard_normal((plan.steps, B, *SHAPE)).astype(np.float32)
     w = 2.0 if conditional else 1.0
     with open_run(src, "ort", chunk=B, cond={"class_labels": LABELS}, guidance_scale=w, classifier_scale=3.0) as run:
+        assert src.spec.clip is not None and run.spec.clip is None  # the guided x̂0 is not clipped
+        assert run.notes["x0_clip"] == "off (classifier guidance)"
+        plan = run.spec.plan(sampler)
         got = run.sample(plan, x_init, noise=noise)
     want = sample_loop(lambda x, t: reference(bundle, model, x, t, LABELS, 3.0, w, conditional).astype(np.float32),
                        plan, x_init, noise=noise)
     with open_run(src, "ort", chunk=B, cond={"class_labels": LABELS} if conditional else None,
                   guidance_scale=w) as run:
-        plain = run.sample(plan, x_init, noise=noise)
+        plain = run.sample(plan, x_init, noise=noise)  # the same unclipped plan, no classifier
     assert np.abs(got - plain).max() > 1e-3  # guidance changed the samples
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # unclipped, the tiny random denoiser grows samples to tens: relative to their scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, float(np.abs(want).max())))
 
 
 def test_unconditional_classifier_guidance_refusals(bundles, tmp_path):
@@ -156,13 +161,13 @@ def test_guidance_steers_the_shipped_digits_model_to_the_class(tmp_path):
     src = resolve_source(str(bundle))
     n = 30
     labels = (np.arange(n) % 10).astype(np.int64)
-    plan = src.spec.plan(SamplerSpec("ddim", 20))
+    sampler = SamplerSpec("ddim", 20)
     x_init = np.random.default_rng(0).standard_normal((n, *src.spec.sample_shape)).astype(np.float32)
     hit = {}
-    for s in (0.0, 2.0):
+    for s in (0.0, 4.0):
         with open_run(src, "ort", chunk=n, threads=1, cond={"class_labels": labels} if s else None,
                       classifier_scale=s) as run:
-            out = run.sample(plan, x_init, rng=np.random.default_rng(1))
+            out = np.clip(run.sample(run.spec.plan(sampler), x_init, rng=np.random.default_rng(1)), -1, 1)
         hit[s] = float(np.mean(features_and_probs(out)[1].argmax(1) == labels))
     assert hit[0.0] <= 0.3  # unguided: about chance
-    assert hit[2.0] >= hit[0.0] + 0.4, hit  # guided: most samples are the class asked for
+    assert hit[4.0] >= 0.8, hit  # guided: most samples are the class asked for
