@@ -117,6 +117,10 @@ def test_export_writes_both_graphs_verified(bundles, name: str) -> None:
     assert 0 < fc["macs_per_sample"]["shallow"] < fc["macs_per_sample"]["full"] == manifest["graph"]["macs_per_sample"]
     graphs = load_bundle(path).feature_cache()
     assert graphs.full.is_file() and graphs.shallow.is_file() and graphs.feature_shape == tuple(fc["feature_shape"])
+    from ddpm_rt.bundle.inspect import describe, format_text
+
+    text = format_text(describe(path))
+    assert "feature caching at branch 0" in text and f"({fc['macs_per_sample']['shallow'] / fc['macs_per_sample']['full']:.2f}x)" in text
 
 
 def test_not_a_unet_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
