@@ -36,6 +36,14 @@ def _io_and_stats(bundle: Bundle) -> tuple[dict[str, Any], dict[str, Any]]:
     return io, graph
 
 
+def _feature_cache(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's feature-cache section without file hashes (`export --feature-cache`)."""
+    if not entry:
+        return None
+    keep = ("branch", "branches", "feature_shape", "macs_per_sample", "recommended_interval")
+    return {k: entry.get(k) for k in keep}
+
+
 def describe(path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything `ddpm-rt inspect` prints, as plain JSON-able data (`extra` adds sections)."""
     bundle = load_bundle(path)
@@ -62,6 +70,7 @@ def describe(path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "io": io,
         "graph": {**graph, "file_bytes": bundle.onnx_path.stat().st_size},
         "parity": m.get("parity"),
+        "feature_cache": _feature_cache(m.get("feature_cache")),
         **(extra or {}),
     }
 
@@ -102,6 +111,14 @@ def format_text(d: dict[str, Any]) -> str:
         f"{_human(g['file_bytes'], 'B')} file, {_human(macs, 'MAC')} per sample "
         f"(~{_human(None if macs is None else 2 * macs, 'FLOP')})"
     )
+    fc = d.get("feature_cache")
+    if fc:
+        m = fc["macs_per_sample"]
+        lines.append(f"cache     feature caching at branch {fc['branch']} of {fc['branches']}: shallow graph "
+                     f"{_human(m['shallow'], 'MAC')} vs full {_human(m['full'], 'MAC')} per sample "
+                     f"({m['shallow'] / m['full']:.2f}x); feature {fc['feature_shape']}; "
+                     + ("no recommended interval" if fc["recommended_interval"] is None
+                        else f"recommended --cache-interval {fc['recommended_interval']}"))
     for line in d.get("quality_guard") or []:
         lines.append(f"guard     {line}")
     p = d["parity"]

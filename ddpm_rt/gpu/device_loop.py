@@ -26,6 +26,10 @@ conditioning buffer refilled in place, then combines u + w·(c − u) (and resca
 RePaint undo rows skip the call; a mask replaces the known region after every calling row
 (``torch.where`` on a static known buffer). Classifier guidance runs on host backends only.
 
+Feature caching (`plan.with_feature_cache`, calls = 2): those rows call ``shallow(x, t, out)``
+instead of ``denoise``; the pair shares one static feature buffer of the caller's (the full call
+writes it, the shallow one reads it), so both are captured in the one CUDA graph like any call.
+
 Noise convention (as in the host loop): step i uses noise only where it draws (`plan.noise_rows`). With
 an rng the draws happen at those steps only, in order, each of shape x; with a caller
 noise array [N, B, ...] row i is used at step i. The rows actually used are copied to
@@ -131,8 +135,10 @@ class DeviceLoop:
         *,
         cuda_graph: bool = True,
         warmup: int = 1,
+        shallow: DenoiseFn | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.shallow = shallow  # feature caching: the shallow call of the plan's cached rows
         if self.device.type == "cuda" and not torch.cuda.is_available():
             from ddpm_rt.gpu.availability import CUDA_MISSING
 
@@ -285,7 +291,11 @@ class DeviceLoop:
                 st.x.addcmul_(st.z_rows[k], r[_SIGMA][i])
             return
         st.t.fill_(r[_T][i])  # from the device table: no host->device copy
-        self._model(st)
+        if st.calls[i] == 2:  # a feature-cache row: the shallow graph on the kept deep feature
+            assert self.shallow is not None
+            self.shallow(st.x, st.t, st.out)
+        else:
+            self._model(st)
         slots = st.slots[i]
         d = st.ring_rows[slots[0]] if st.ring is not None else None
         if d is not None:
@@ -381,6 +391,9 @@ class DeviceLoop:
         """Run every step of `plan` from `x_init`; same contract as `runtime.loop.sample_loop` (and
         `Backend.sample` for `guidance`)."""
         x_init = np.asarray(x_init, dtype=np.float32)
+        if plan.cached_calls and (self.shallow is None or guidance is not None):
+            raise ConfigError("this device loop was built without the shallow call of feature caching"
+                              if self.shallow is None else "feature caching does not run with guidance yet")
         if x_init.ndim < 2:
             raise ConfigError(f"x_init must be [B, ...] with a batch axis, got shape {x_init.shape}")
         shape = tuple(int(s) for s in x_init.shape)

@@ -117,6 +117,10 @@ def test_export_writes_both_graphs_verified(bundles, name: str) -> None:
     assert 0 < fc["macs_per_sample"]["shallow"] < fc["macs_per_sample"]["full"] == manifest["graph"]["macs_per_sample"]
     graphs = load_bundle(path).feature_cache()
     assert graphs.full.is_file() and graphs.shallow.is_file() and graphs.feature_shape == tuple(fc["feature_shape"])
+    from ddpm_rt.bundle.inspect import describe, format_text
+
+    text = format_text(describe(path))
+    assert "feature caching at branch 0" in text and f"({fc['macs_per_sample']['shallow'] / fc['macs_per_sample']['full']:.2f}x)" in text
 
 
 def test_not_a_unet_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
@@ -391,3 +395,50 @@ def test_node_host_runs_the_cached_loop_graph(node_host, fused, tmp_path: Path) 
     with open_backend("ort", fused["bundle"], 3, BackendOptions(threads=1, feature_cache=True)) as be:
         ref = be.sample(res.plan, x_init)
     assert np.abs(np.load(tmp_path / "o.npy") - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "unipc", "ddpm"])
+def test_device_loop_runs_cached_rows(sampler: str) -> None:
+    """The device loop (on the CPU here) with the shallow call on cached rows, one static feature
+    buffer shared by the two calls, equals the host loop over the same torch calls."""
+    from ddpm_rt.gpu.device_loop import DeviceLoop
+
+    module = tiny_unet()
+    full_mod, shallow_mod = split(module, 0)
+    batch = 3
+    with torch.no_grad():
+        feat_shape = full_mod(torch.zeros(1, *SPEC.sample_shape), torch.zeros(1))[1].shape[1:]
+    feat = torch.zeros((batch, *feat_shape))  # (B, C_f, H_f, W_f): the one static feature buffer
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        o, f = full_mod(x, t)
+        out.copy_(o)
+        feat.copy_(f)
+
+    def shallow(x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        out.copy_(shallow_mod(x, t, feat))
+
+    def host_full(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        out = torch.empty(x.shape)
+        with torch.no_grad():
+            denoise(torch.from_numpy(x), torch.from_numpy(t), out)
+        return out.numpy()
+
+    def host_shallow(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        out = torch.empty(x.shape)
+        with torch.no_grad():
+            shallow(torch.from_numpy(x), torch.from_numpy(t), out)
+        return out.numpy()
+
+    plan = with_feature_cache(SPEC.plan(SPEC.sampler(12, sampler=sampler)), 3, "quadratic")
+    rng = np.random.default_rng(4)
+    x_init = initial_noise((batch, *SPEC.sample_shape), rng)
+    noise = rng.standard_normal((plan.steps, batch, *SPEC.sample_shape), dtype=np.float32)
+    ref = sample_loop(host_full, plan, x_init, noise=noise, shallow=host_shallow)
+    got = DeviceLoop(denoise, "cpu", shallow=shallow).sample(plan, x_init, noise=noise)
+    # addcmul rounds once where numpy's update rounds twice; an untrained U-Net amplifies that
+    # through x0^ = x/sqrt(abar) - ... (the uncached device loop differs from the host loop alike)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert np.abs(got - sample_loop(host_full, SPEC.plan(plan.sampler), x_init, noise=noise)).max() > 1e-3
+    with pytest.raises(ConfigError, match="without the shallow call"):
+        DeviceLoop(denoise, "cpu").sample(plan, x_init, noise=noise)
