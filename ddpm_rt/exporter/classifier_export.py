@@ -16,7 +16,9 @@ chain rule written out as forward ops, exported by the TorchScript exporter and 
 `attach_classifier` puts that graph beside a bundle's denoiser (`classifier_grad.onnx`) and adds the
 manifest section ``classifier`` {file, sha256, labels, trained_on, accuracy, parity, ...}. The
 denoiser graph and its hash are untouched (so every cache keyed on it stays valid); each file is
-written atomically, the graph before the manifest that names it.
+written atomically, the graph before the manifest that names it. The manifest copy inside
+denoiser.onnx's metadata is not rewritten (that would change the denoiser's hash): a bare .onnx
+carries no classifier; classifier_grad.onnx describes itself in its own metadata (`ddpm_rt_classifier`).
 """
 
 from __future__ import annotations
