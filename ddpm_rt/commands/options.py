@@ -115,6 +115,8 @@ def conditioning_values(spec: DiffusionSpec, batch: int, class_label: int | None
         values = read_labels(labels)
         if values.shape[0] != batch:
             raise ConfigError(f"--labels holds {values.shape[0]} entries for --batch {batch}; give one per sample")
+        if cond.kind == "class":
+            values = cond.check(values, batch, where=f"--labels {labels}")
         return {cond.name: values}, batch, "", None
     if cond.kind != "class":
         if class_label is not None or classes is not None:
@@ -123,12 +125,13 @@ def conditioning_values(spec: DiffusionSpec, batch: int, class_label: int | None
         return ({cond.name: cond.null_values(batch)}, batch,
                 f"no --labels: sampling {cond.name} unconditionally (its null value)", None)
     if class_label is not None:
-        return {cond.name: class_label}, batch, "", None
+        return {cond.name: cond.check(class_label, batch, where="--class")}, batch, "", None
     wanted = parse_list(classes, int, what="--classes") if classes else list(range(cond.num_classes))
     per_class = max(1, batch // len(wanted))
     note = ("" if classes else "class-conditional model: sampling every class, one row each (--class N for one); ")
     if per_class * len(wanted) != batch:
         note += f"--batch {batch} -> {per_class * len(wanted)} ({per_class} per class)"
+    cond.check(np.asarray(wanted), len(wanted), where="--classes")
     return ({cond.name: np.repeat(np.asarray(wanted, np.int64), per_class)}, per_class * len(wanted),
             note.rstrip("; "), per_class)
 

@@ -191,7 +191,7 @@ def sample(
         sys.stdout.write("\n")
     else:
         chunks = f", {-(-batch // chunk)} chunks of <= {chunk}" if batch > chunk else ""
-        guided = "" if g is None else f", guidance {g.scale:g} ({g.mode})" + (
+        guided = "" if g is None else f", guidance {g.scale:g} ({g.mode if g.doubled else 'one call per step'})" + (
             f", classifier scale {g.classifier_scale:g}" if g.classifier_scale else "")
         typer.echo(
             f"wrote {out} ({batch} samples, {sampler_spec.sampler} {plan.steps} steps on {run.name}, "
