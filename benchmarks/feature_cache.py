@@ -102,7 +102,9 @@ def _macs(bundle_path: Path) -> dict[str, Any]:
                 k: m["parity"][k] for k in ("full_out", "feature", "shallow_out")} if m["parity"] else None}
 
 
-def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int) -> list[dict[str, Any]]:
+def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int,
+                    samplers: tuple[tuple[str, int], ...] = (("ddim", 50), ("unipc", 15)),
+                    intervals: tuple[tuple[int, str], ...] = INTERVALS) -> list[dict[str, Any]]:
     from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.plan import with_feature_cache
     from ddpm_rt.quality.report import quality_report
@@ -114,9 +116,9 @@ def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int) 
     x_all = np.random.default_rng(1234).standard_normal((n, *spec.sample_shape), dtype=np.float32)
     rows = []
     with open_backend("openvino", bundle, chunk, BackendOptions(threads=threads, feature_cache=True)) as be:
-        for sampler, steps in (("ddim", 50), ("unipc", 15)):
+        for sampler, steps in samplers:
             base = spec.plan(spec.sampler(steps, sampler=sampler))
-            for interval, schedule in INTERVALS:
+            for interval, schedule in intervals:
                 plan = with_feature_cache(base, interval, schedule)
                 t0 = time.perf_counter()
                 out = np.concatenate([be.sample(plan, x_all[i:i + chunk]) for i in range(0, n, chunk)])
@@ -270,6 +272,8 @@ def main() -> None:
     p.add_argument("--parts", default="percall,digits,cifar")
     p.add_argument("--cifar-source", default=str(_work() / "cifar10-ddpm-unet-hf-seed0-trained300"))
     p.add_argument("--cifar-bundle", default=None, help="a CIFAR-size bundle exported with --feature-cache")
+    p.add_argument("--digits-samplers", default="ddim:50,unipc:15", help="SAMPLER:STEPS,... for the digits part")
+    p.add_argument("--intervals", default="1,2,3,5,3q", help="cache intervals (q = quadratic schedule)")
     p.add_argument("--branch", type=int, default=0, help="the skip branch the bundles are cut at")
     p.add_argument("--out", type=Path, default=RESULTS / "feature_cache")
     a = p.parse_args()
@@ -303,7 +307,10 @@ def main() -> None:
             r[f"percall_{name}"] = _percall(path, a.threads, reps=max(a.reps * 4, 20))
             save(f"percall_{name}")
     if "digits" in parts:
-        r["digits_quality"] = _digits_quality(digits, a.n, a.threads, a.chunk)
+        samplers = tuple((name, int(steps)) for name, steps in (x.split(":") for x in a.digits_samplers.split(",")))
+        intervals = tuple((int(v.rstrip("q")), "quadratic" if v.endswith("q") else "uniform")
+                          for v in a.intervals.split(","))
+        r["digits_quality"] = _digits_quality(digits, a.n, a.threads, a.chunk, samplers, intervals)
         save("digits_quality")
     if "cifar" in parts:
         r["cifar"] = _cifar(cifar, a.threads, a.reps)

@@ -301,7 +301,7 @@ def test_the_nonfinite_guard_covers_cached_rows() -> None:
 def test_export_records_a_measured_recommendation(bundles) -> None:
     fc = json.loads((bundles["unet"][0] / "ddpm_rt.json").read_text())["feature_cache"]
     rec = fc["recommendation"]
-    assert rec["sampler"] == "unipc" and set(rec["rel_rms"]) == {"2", "3", "5"}
+    assert (rec["sampler"], rec["steps"]) == ("ddim", 50) and set(rec["rel_rms"]) == {"2", "3", "5"}
     within = [int(n) for n, e in rec["rel_rms"].items() if e <= rec["threshold"]]
     assert fc["recommended_interval"] == (max(within) if within else None)
 
