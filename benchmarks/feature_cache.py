@@ -134,23 +134,25 @@ def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int,
     return rows
 
 
-def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1) -> list[dict[str, Any]]:
+def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1,
+           intervals: tuple[tuple[int, str], ...] = INTERVALS) -> list[dict[str, Any]]:
     from ddpm_rt.bundle.load import load_bundle
-    from ddpm_rt.plan import with_feature_cache
+    from ddpm_rt.plan import VP_DEFAULT, with_feature_cache
     from ddpm_rt.registry import open_backend
     from ddpm_rt.runtime.backend import BackendOptions
 
     bundle = load_bundle(bundle_path)
     spec = bundle.spec
     x = np.random.default_rng(7).standard_normal((batch, *spec.sample_shape), dtype=np.float32)
-    default = spec.sampler()
     rows = []
     for backend, precision in (("openvino", "bf16"), ("ort", "fp32")):
         opts = BackendOptions(threads=threads, precision=precision, feature_cache=True)
         with open_backend(backend, bundle, batch, opts) as be:
-            for sampler, steps in (("ddim", 50), (default.sampler, default.steps)):
+            # DDIM-50, and the project's default solver at its default steps (plan.VP_DEFAULT; this
+            # diffusers folder names DDIM as its own scheduler, so spec.sampler() would give DDIM again)
+            for sampler, steps in (("ddim", 50), VP_DEFAULT):
                 base = spec.plan(spec.sampler(steps, sampler=sampler))
-                plans = {(i, s): with_feature_cache(base, i, s) for i, s in INTERVALS}
+                plans = {(i, s): with_feature_cache(base, i, s) for i, s in intervals}
                 for plan in plans.values():  # warm-up, and the samples compared below
                     be.sample(plan, x)
                 finals = {k: be.sample(p, x) for k, p in plans.items()}
@@ -209,7 +211,8 @@ def _markdown(r: dict[str, Any]) -> str:
                          f"{row['full_calls']} / {row['cached_calls']} | {row['fd']:.3f} | {row['fd'] - base['fd']:+.3f} | "
                          f"{row['fd_real_vs_real']:.3f} ± {row['fd_real_vs_real_std']:.3f} | {row['wall_s']:.1f} | "
                          f"{base['wall_s'] / row['wall_s']:.2f}x |")
-        lines.append("")
+        lines += ["", "Wall times here are one sequential run each on a shared, loaded machine (not interleaved): "
+                  "read speed from the per-call and CIFAR tables.", ""]
     if "cifar" in r:
         lines += [f"## CIFAR-10-size diffusers U-Net (35.7M parameters), batch 1, end to end "
                   f"(median of {r['reps']} interleaved runs)", "",
@@ -220,7 +223,10 @@ def _markdown(r: dict[str, Any]) -> str:
                          f"{row['schedule']} | {row['wall_s']:.3f} | {row['speedup']:.2f}x | {row['max_abs']:.3g} | "
                          f"{row['rel_rms']:.4f} | {row['psnr_db']:.1f} |")
         lines.append("")
-    lines += ["Reproduce: `PYTHONPATH=. python -m benchmarks.feature_cache " + " ".join(r["argv"]) + "`", ""]
+    lines += ["Reproduce (the runs that made this page):", ""]
+    lines += [f"    PYTHONPATH=. python -m benchmarks.feature_cache {' '.join(argv)}"
+              for argv in r.get("commands", [r["argv"]])]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -281,12 +287,13 @@ def main() -> None:
     from ddpm_rt.fsutil import atomic_write_text
 
     r: dict[str, Any] = {"machine": _machine(a.threads), "threads": a.threads, "n": a.n, "chunk": a.chunk, "reps": a.reps,
-                         "argv": sys.argv[1:]}
+                         "argv": sys.argv[1:], "commands": []}
     old = a.out.with_suffix(".json")
     if old.is_file():  # keep parts measured by an earlier run of other parts
         prev = json.loads(old.read_text())
         r.update({k: v for k, v in prev.items() if k not in ("machine", "argv", "loadavg_end", "n", "chunk")
                   or k in ("n", "chunk") and "digits" not in parts})
+    r["commands"] = [*r.get("commands", []), sys.argv[1:]]
 
     def save(part: str | None = None) -> None:
         r["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -313,7 +320,9 @@ def main() -> None:
         r["digits_quality"] = _digits_quality(digits, a.n, a.threads, a.chunk, samplers, intervals)
         save("digits_quality")
     if "cifar" in parts:
-        r["cifar"] = _cifar(cifar, a.threads, a.reps)
+        intervals = tuple((int(v.rstrip("q")), "quadratic" if v.endswith("q") else "uniform")
+                          for v in a.intervals.split(","))
+        r["cifar"] = _cifar(cifar, a.threads, a.reps, intervals=intervals)
         save("cifar")
     save()
 
