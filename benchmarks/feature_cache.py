@@ -206,16 +206,18 @@ def _markdown(r: dict[str, Any]) -> str:
                   "| sampler | N | schedule | full / cached calls | feature FD | Δ FD vs uncached | "
                   "real-vs-real FD ± std | wall s | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
-            base = next(b for b in rows if b["sampler"] == row["sampler"] and b["interval"] == 1)
+            base = next(b for b in rows if (b["sampler"], b["steps"]) == (row["sampler"], row["steps"])
+                        and b["interval"] == 1)
             lines.append(f"| {row['sampler']}-{row['steps']} | {row['interval']} | {row['schedule']} | "
                          f"{row['full_calls']} / {row['cached_calls']} | {row['fd']:.3f} | {row['fd'] - base['fd']:+.3f} | "
                          f"{row['fd_real_vs_real']:.3f} ± {row['fd_real_vs_real_std']:.3f} | {row['wall_s']:.1f} | "
                          f"{base['wall_s'] / row['wall_s']:.2f}x |")
-        lines += ["", "Wall times here are one sequential run each on a shared, loaded machine (not interleaved): "
+        lines += [*(["", r["digits_note"]] if r.get("digits_note") else []),
+                  "", "Wall times here are one sequential run each on a shared, loaded machine (not interleaved): "
                   "read speed from the per-call and CIFAR tables.", ""]
     if "cifar" in r:
         lines += [f"## CIFAR-10-size diffusers U-Net (35.7M parameters), batch 1, end to end "
-                  f"(median of {r['reps']} interleaved runs)", "",
+                  f"(median of {r.get('reps_cifar', r['reps'])} interleaved runs)", "",
                   "| backend | sampler | N | schedule | wall s | speed-up | final max-abs vs uncached | rel-RMS | PSNR dB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in r["cifar"]:
@@ -224,7 +226,8 @@ def _markdown(r: dict[str, Any]) -> str:
                          f"{row['rel_rms']:.4f} | {row['psnr_db']:.1f} |")
         lines.append("")
     lines += ["Reproduce (the runs that made this page):", ""]
-    lines += [f"    PYTHONPATH=. python -m benchmarks.feature_cache {' '.join(argv)}"
+    lines += [f"    {argv[0]}" if argv and argv[0].startswith("#") else
+              f"    PYTHONPATH=. python -m benchmarks.feature_cache {' '.join(argv)}"
               for argv in r.get("commands", [r["argv"]])]
     lines.append("")
     return "\n".join(lines)
@@ -239,17 +242,18 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if "digits_quality" in r:
         ax = axes[0]
-        for sampler in dict.fromkeys(row["sampler"] for row in r["digits_quality"]):
-            rows = [row for row in r["digits_quality"] if row["sampler"] == sampler]
+        for key in dict.fromkeys((row["sampler"], row["steps"]) for row in r["digits_quality"]):
+            rows = [row for row in r["digits_quality"] if (row["sampler"], row["steps"]) == key]
             base = rows[0]["wall_s"]
-            ax.plot([base / row["wall_s"] for row in rows], [row["fd"] for row in rows], "o-", label=sampler)
+            ax.plot([base / row["wall_s"] for row in rows], [row["fd"] for row in rows], "o-",
+                    label=f"{key[0]}-{key[1]}")
             for row in rows:
                 ax.annotate(f"N={row['interval']}{'q' if row['schedule'] == 'quadratic' else ''}",
                             (base / row["wall_s"], row["fd"]), fontsize=7)
         ref = r["digits_quality"][0]
         ax.axhspan(ref["fd"] - ref["fd_real_vs_real_std"], ref["fd"] + ref["fd_real_vs_real_std"], alpha=0.15,
                    label="uncached DDIM FD ± real-vs-real std")
-        ax.set_xlabel("speed-up vs uncached (digits, wall)")
+        ax.set_xlabel("speed-up vs uncached (digits, one sequential run each: noisy)")
         ax.set_ylabel("feature FD")
         ax.set_title(f"digits, n = {r['n']}")
         ax.legend(fontsize=7)
@@ -291,7 +295,8 @@ def main() -> None:
     old = a.out.with_suffix(".json")
     if old.is_file():  # keep parts measured by an earlier run of other parts
         prev = json.loads(old.read_text())
-        r.update({k: v for k, v in prev.items() if k not in ("machine", "argv", "loadavg_end", "n", "chunk")
+        r.update({k: v for k, v in prev.items() if k not in ("machine", "argv", "loadavg_end", "n", "chunk",
+                                                             "threads", "reps")
                   or k in ("n", "chunk") and "digits" not in parts})
     r["commands"] = [*r.get("commands", []), sys.argv[1:]]
 
