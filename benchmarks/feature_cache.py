@@ -135,7 +135,9 @@ def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int,
 
 
 def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1,
-           intervals: tuple[tuple[int, str], ...] = INTERVALS) -> list[dict[str, Any]]:
+           intervals: tuple[tuple[int, str], ...] = INTERVALS,
+           samplers: tuple[tuple[str, int], ...] | None = None,
+           backends: tuple[tuple[str, str], ...] = (("openvino", "bf16"), ("ort", "fp32"))) -> list[dict[str, Any]]:
     from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.plan import VP_DEFAULT, with_feature_cache
     from ddpm_rt.registry import open_backend
@@ -145,12 +147,12 @@ def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1,
     spec = bundle.spec
     x = np.random.default_rng(7).standard_normal((batch, *spec.sample_shape), dtype=np.float32)
     rows = []
-    for backend, precision in (("openvino", "bf16"), ("ort", "fp32")):
+    for backend, precision in backends:
         opts = BackendOptions(threads=threads, precision=precision, feature_cache=True)
         with open_backend(backend, bundle, batch, opts) as be:
             # DDIM-50, and the project's default solver at its default steps (plan.VP_DEFAULT; this
             # diffusers folder names DDIM as its own scheduler, so spec.sampler() would give DDIM again)
-            for sampler, steps in (("ddim", 50), VP_DEFAULT):
+            for sampler, steps in samplers or (("ddim", 50), VP_DEFAULT):
                 base = spec.plan(spec.sampler(steps, sampler=sampler))
                 plans = {(i, s): with_feature_cache(base, i, s) for i, s in intervals}
                 for plan in plans.values():  # warm-up, and the samples compared below
@@ -179,6 +181,13 @@ def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1,
     return rows
 
 
+def _mac_speedup(r: dict[str, Any], row: dict[str, Any]) -> float:
+    """Uncached MACs over cached MACs for a digits row (the exporter's MAC counts)."""
+    ratio = r["macs_digits"]["ratio"]
+    calls = row["full_calls"] + row["cached_calls"]
+    return calls / (row["full_calls"] + row["cached_calls"] * ratio)
+
+
 def _markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = ["# U-Net feature caching (DeepCache) — measured", "",
@@ -204,17 +213,18 @@ def _markdown(r: dict[str, Any]) -> str:
         rows = r["digits_quality"]
         lines += [f"## Quality vs speed: shipped digits U-Net, n = {r['n']} (OpenVINO fp32, batch {r['chunk']})", "",
                   "| sampler | N | schedule | full / cached calls | feature FD | Δ FD vs uncached | "
-                  "real-vs-real FD ± std | wall s | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+                  "real-vs-real FD ± std | wall s (one run) | MAC speed-up |", "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             base = next(b for b in rows if (b["sampler"], b["steps"]) == (row["sampler"], row["steps"])
                         and b["interval"] == 1)
             lines.append(f"| {row['sampler']}-{row['steps']} | {row['interval']} | {row['schedule']} | "
                          f"{row['full_calls']} / {row['cached_calls']} | {row['fd']:.3f} | {row['fd'] - base['fd']:+.3f} | "
                          f"{row['fd_real_vs_real']:.3f} ± {row['fd_real_vs_real_std']:.3f} | {row['wall_s']:.1f} | "
-                         f"{base['wall_s'] / row['wall_s']:.2f}x |")
+                         f"{_mac_speedup(r, row):.2f}x |")
         lines += [*(["", r["digits_note"]] if r.get("digits_note") else []),
-                  "", "Wall times here are one sequential run each on a shared, loaded machine (not interleaved): "
-                  "read speed from the per-call and CIFAR tables.", ""]
+                  "", "Wall times here are one sequential run each on a shared, loaded machine (not interleaved; "
+                  "the ddim-100 uncached run met a load spike): the speed-up column is the MAC count, calls / "
+                  "(full + cached × shallow/full MACs); measured speed is in the per-call and CIFAR tables.", ""]
     if "cifar" in r:
         lines += [f"## CIFAR-10-size diffusers U-Net (35.7M parameters), batch 1, end to end "
                   f"(median of {r.get('reps_cifar', r['reps'])} interleaved runs)", "",
@@ -244,24 +254,30 @@ def _plot(r: dict[str, Any], path: Path) -> None:
         ax = axes[0]
         for key in dict.fromkeys((row["sampler"], row["steps"]) for row in r["digits_quality"]):
             rows = [row for row in r["digits_quality"] if (row["sampler"], row["steps"]) == key]
-            base = rows[0]["wall_s"]
-            ax.plot([base / row["wall_s"] for row in rows], [row["fd"] for row in rows], "o-",
-                    label=f"{key[0]}-{key[1]}")
+            uni = [row for row in rows if row["schedule"] == "uniform"]
+            line = ax.plot([_mac_speedup(r, row) for row in uni], [row["fd"] for row in uni], "o-",
+                           label=f"{key[0]}-{key[1]}")[0]
+            quad = [row for row in rows if row["schedule"] == "quadratic"]
+            ax.plot([_mac_speedup(r, row) for row in quad], [row["fd"] for row in quad], "x",
+                    color=line.get_color())
             for row in rows:
                 ax.annotate(f"N={row['interval']}{'q' if row['schedule'] == 'quadratic' else ''}",
-                            (base / row["wall_s"], row["fd"]), fontsize=7)
+                            (_mac_speedup(r, row), row["fd"]), fontsize=7)
         ref = r["digits_quality"][0]
         ax.axhspan(ref["fd"] - ref["fd_real_vs_real_std"], ref["fd"] + ref["fd_real_vs_real_std"], alpha=0.15,
                    label="uncached DDIM FD ± real-vs-real std")
-        ax.set_xlabel("speed-up vs uncached (digits, one sequential run each: noisy)")
+        ax.set_xlabel("speed-up in MACs vs uncached (digits)")
+        ax.set_yscale("log")
         ax.set_ylabel("feature FD")
         ax.set_title(f"digits, n = {r['n']}")
         ax.legend(fontsize=7)
     if "cifar" in r:
         ax = axes[1]
-        for key in dict.fromkeys((row["backend"], row["sampler"]) for row in r["cifar"]):
-            rows = [row for row in r["cifar"] if (row["backend"], row["sampler"]) == key and row["schedule"] == "uniform"]
-            ax.plot([row["interval"] for row in rows], [row["speedup"] for row in rows], "o-", label=" ".join(key))
+        for key in dict.fromkeys((row["backend"], row["precision"], row["sampler"], row["steps"]) for row in r["cifar"]):
+            rows = [row for row in r["cifar"] if (row["backend"], row["precision"], row["sampler"], row["steps"]) == key
+                    and row["schedule"] == "uniform"]
+            ax.plot([row["interval"] for row in rows], [row["speedup"] for row in rows], "o-",
+                    label=f"{key[0]} {key[1]} {key[2]}-{key[3]}")
         ax.axhline(1.4, ls="--", c="gray", lw=0.8)
         ax.set_xlabel("cache interval N (uniform)")
         ax.set_ylabel("end-to-end speed-up, batch 1")
@@ -284,6 +300,8 @@ def main() -> None:
     p.add_argument("--cifar-bundle", default=None, help="a CIFAR-size bundle exported with --feature-cache")
     p.add_argument("--digits-samplers", default="ddim:50,unipc:15", help="SAMPLER:STEPS,... for the digits part")
     p.add_argument("--intervals", default="1,2,3,5,3q", help="cache intervals (q = quadratic schedule)")
+    p.add_argument("--cifar-samplers", default=None, help="SAMPLER:STEPS,... (default: ddim:50 and unipc:15)")
+    p.add_argument("--cifar-backends", default="openvino:bf16,ort:fp32", help="BACKEND:PRECISION,...")
     p.add_argument("--branch", type=int, default=0, help="the skip branch the bundles are cut at")
     p.add_argument("--out", type=Path, default=RESULTS / "feature_cache")
     a = p.parse_args()
@@ -327,7 +345,11 @@ def main() -> None:
     if "cifar" in parts:
         intervals = tuple((int(v.rstrip("q")), "quadratic" if v.endswith("q") else "uniform")
                           for v in a.intervals.split(","))
-        r["cifar"] = _cifar(cifar, a.threads, a.reps, intervals=intervals)
+        cifar_samplers = None if a.cifar_samplers is None else tuple(
+            (name, int(steps)) for name, steps in (x.split(":") for x in a.cifar_samplers.split(",")))
+        backends = tuple(tuple(x.split(":")) for x in a.cifar_backends.split(","))
+        r["cifar"] = _cifar(cifar, a.threads, a.reps, intervals=intervals, samplers=cifar_samplers,
+                            backends=backends)  # type: ignore[arg-type]
         save("cifar")
     save()
 
