@@ -70,7 +70,9 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 def verify(module: torch.nn.Module, branch: int, full_path: Path, shallow_path: Path, spec: DiffusionSpec,
            batches: tuple[int, ...], contract: GraphContract, seed: int = 0) -> dict[str, Any]:
-    """max-abs errors of both graphs vs eager (module docstring); one row per (batch, t)."""
+    """max-abs errors of both graphs vs eager (module docstring); one row per (batch, t). The full
+    graph's output is checked against the module's own forward, so a U-Net whose forward changed
+    since `models.feature_split` copied it fails here instead of caching the wrong thing."""
     import torch
 
     from ddpm_rt.exporter.parity import verification_plan
@@ -91,7 +93,9 @@ def verify(module: torch.nn.Module, branch: int, full_path: Path, shallow_path: 
             x2 = (x + 0.05 * rng.standard_normal(x.shape, dtype=np.float32)).astype(np.float32)
             t2 = np.full((batch,), ts[min(k + 3, len(ts) - 1)], np.float32)
             with torch.inference_mode():
-                ref_out, ref_feat = full_mod(torch.from_numpy(x), torch.from_numpy(t))
+                # the full graph's `out` against the module's own forward (not the split's copy of it)
+                ref_out = module(torch.from_numpy(x), torch.from_numpy(t)).float()
+                ref_feat = full_mod(torch.from_numpy(x), torch.from_numpy(t))[1]
                 with patched_forward(module, branch, ref_feat):
                     ref_shallow = module(torch.from_numpy(x2), torch.from_numpy(t2)).float().numpy()
             out, feat = full.run(None, {x_n: x, t_n: t})
