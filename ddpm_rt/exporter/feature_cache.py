@@ -38,6 +38,13 @@ FEATURE = "feature"  # the graphs' name of the cached tensor
 SECTION = "feature_cache"  # the manifest section
 
 
+def split_modules(module: torch.nn.Module, branch: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(full-with-feature, shallow) eager modules for a module backend (torch-cuda's device loop)."""
+    from ddpm_rt.models.feature_split import split
+
+    return split(module, branch)
+
+
 def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             contract: GraphContract) -> None:
     import torch
