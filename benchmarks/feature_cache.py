@@ -102,7 +102,9 @@ def _macs(bundle_path: Path) -> dict[str, Any]:
                 k: m["parity"][k] for k in ("full_out", "feature", "shallow_out")} if m["parity"] else None}
 
 
-def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int) -> list[dict[str, Any]]:
+def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int,
+                    samplers: tuple[tuple[str, int], ...] = (("ddim", 50), ("unipc", 15)),
+                    intervals: tuple[tuple[int, str], ...] = INTERVALS) -> list[dict[str, Any]]:
     from ddpm_rt.bundle.load import load_bundle
     from ddpm_rt.plan import with_feature_cache
     from ddpm_rt.quality.report import quality_report
@@ -114,9 +116,9 @@ def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int) 
     x_all = np.random.default_rng(1234).standard_normal((n, *spec.sample_shape), dtype=np.float32)
     rows = []
     with open_backend("openvino", bundle, chunk, BackendOptions(threads=threads, feature_cache=True)) as be:
-        for sampler, steps in (("ddim", 50), ("unipc", 15)):
+        for sampler, steps in samplers:
             base = spec.plan(spec.sampler(steps, sampler=sampler))
-            for interval, schedule in INTERVALS:
+            for interval, schedule in intervals:
                 plan = with_feature_cache(base, interval, schedule)
                 t0 = time.perf_counter()
                 out = np.concatenate([be.sample(plan, x_all[i:i + chunk]) for i in range(0, n, chunk)])
@@ -132,23 +134,27 @@ def _digits_quality(bundle_path: Path, n: int, threads: int | None, chunk: int) 
     return rows
 
 
-def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1) -> list[dict[str, Any]]:
+def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1,
+           intervals: tuple[tuple[int, str], ...] = INTERVALS,
+           samplers: tuple[tuple[str, int], ...] | None = None,
+           backends: tuple[tuple[str, str], ...] = (("openvino", "bf16"), ("ort", "fp32"))) -> list[dict[str, Any]]:
     from ddpm_rt.bundle.load import load_bundle
-    from ddpm_rt.plan import with_feature_cache
+    from ddpm_rt.plan import VP_DEFAULT, with_feature_cache
     from ddpm_rt.registry import open_backend
     from ddpm_rt.runtime.backend import BackendOptions
 
     bundle = load_bundle(bundle_path)
     spec = bundle.spec
     x = np.random.default_rng(7).standard_normal((batch, *spec.sample_shape), dtype=np.float32)
-    default = spec.sampler()
     rows = []
-    for backend, precision in (("openvino", "bf16"), ("ort", "fp32")):
+    for backend, precision in backends:
         opts = BackendOptions(threads=threads, precision=precision, feature_cache=True)
         with open_backend(backend, bundle, batch, opts) as be:
-            for sampler, steps in (("ddim", 50), (default.sampler, default.steps)):
+            # DDIM-50, and the project's default solver at its default steps (plan.VP_DEFAULT; this
+            # diffusers folder names DDIM as its own scheduler, so spec.sampler() would give DDIM again)
+            for sampler, steps in samplers or (("ddim", 50), VP_DEFAULT):
                 base = spec.plan(spec.sampler(steps, sampler=sampler))
-                plans = {(i, s): with_feature_cache(base, i, s) for i, s in INTERVALS}
+                plans = {(i, s): with_feature_cache(base, i, s) for i, s in intervals}
                 for plan in plans.values():  # warm-up, and the samples compared below
                     be.sample(plan, x)
                 finals = {k: be.sample(p, x) for k, p in plans.items()}
@@ -173,6 +179,13 @@ def _cifar(bundle_path: Path, threads: int | None, reps: int, batch: int = 1) ->
                     log(f"  cifar {backend} {precision} {sampler}-{steps} N={interval} {schedule}: {wall:.3f} s "
                         f"({t_ref / wall:.2f}x), rel-RMS {rows[-1]['rel_rms']:.4f}, PSNR {rows[-1]['psnr_db']:.1f} dB")
     return rows
+
+
+def _mac_speedup(r: dict[str, Any], row: dict[str, Any]) -> float:
+    """Uncached MACs over cached MACs for a digits row (the exporter's MAC counts)."""
+    ratio = r["macs_digits"]["ratio"]
+    calls = row["full_calls"] + row["cached_calls"]
+    return calls / (row["full_calls"] + row["cached_calls"] * ratio)
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -200,17 +213,21 @@ def _markdown(r: dict[str, Any]) -> str:
         rows = r["digits_quality"]
         lines += [f"## Quality vs speed: shipped digits U-Net, n = {r['n']} (OpenVINO fp32, batch {r['chunk']})", "",
                   "| sampler | N | schedule | full / cached calls | feature FD | Δ FD vs uncached | "
-                  "real-vs-real FD ± std | wall s | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+                  "real-vs-real FD ± std | wall s (one run) | MAC speed-up |", "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
-            base = next(b for b in rows if b["sampler"] == row["sampler"] and b["interval"] == 1)
+            base = next(b for b in rows if (b["sampler"], b["steps"]) == (row["sampler"], row["steps"])
+                        and b["interval"] == 1)
             lines.append(f"| {row['sampler']}-{row['steps']} | {row['interval']} | {row['schedule']} | "
                          f"{row['full_calls']} / {row['cached_calls']} | {row['fd']:.3f} | {row['fd'] - base['fd']:+.3f} | "
                          f"{row['fd_real_vs_real']:.3f} ± {row['fd_real_vs_real_std']:.3f} | {row['wall_s']:.1f} | "
-                         f"{base['wall_s'] / row['wall_s']:.2f}x |")
-        lines.append("")
+                         f"{_mac_speedup(r, row):.2f}x |")
+        lines += [*(["", r["digits_note"]] if r.get("digits_note") else []),
+                  "", "Wall times here are one sequential run each on a shared, loaded machine (not interleaved; "
+                  "the ddim-100 uncached run met a load spike): the speed-up column is the MAC count, calls / "
+                  "(full + cached × shallow/full MACs); measured speed is in the per-call and CIFAR tables.", ""]
     if "cifar" in r:
         lines += [f"## CIFAR-10-size diffusers U-Net (35.7M parameters), batch 1, end to end "
-                  f"(median of {r['reps']} interleaved runs)", "",
+                  f"(median of {r.get('reps_cifar', r['reps'])} interleaved runs)", "",
                   "| backend | sampler | N | schedule | wall s | speed-up | final max-abs vs uncached | rel-RMS | PSNR dB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in r["cifar"]:
@@ -218,7 +235,11 @@ def _markdown(r: dict[str, Any]) -> str:
                          f"{row['schedule']} | {row['wall_s']:.3f} | {row['speedup']:.2f}x | {row['max_abs']:.3g} | "
                          f"{row['rel_rms']:.4f} | {row['psnr_db']:.1f} |")
         lines.append("")
-    lines += ["Reproduce: `PYTHONPATH=. python -m benchmarks.feature_cache " + " ".join(r["argv"]) + "`", ""]
+    lines += ["Reproduce (the runs that made this page):", ""]
+    lines += [f"    {argv[0]}" if argv and argv[0].startswith("#") else
+              f"    PYTHONPATH=. python -m benchmarks.feature_cache {' '.join(argv)}"
+              for argv in r.get("commands", [r["argv"]])]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -231,25 +252,32 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if "digits_quality" in r:
         ax = axes[0]
-        for sampler in dict.fromkeys(row["sampler"] for row in r["digits_quality"]):
-            rows = [row for row in r["digits_quality"] if row["sampler"] == sampler]
-            base = rows[0]["wall_s"]
-            ax.plot([base / row["wall_s"] for row in rows], [row["fd"] for row in rows], "o-", label=sampler)
+        for key in dict.fromkeys((row["sampler"], row["steps"]) for row in r["digits_quality"]):
+            rows = [row for row in r["digits_quality"] if (row["sampler"], row["steps"]) == key]
+            uni = [row for row in rows if row["schedule"] == "uniform"]
+            line = ax.plot([_mac_speedup(r, row) for row in uni], [row["fd"] for row in uni], "o-",
+                           label=f"{key[0]}-{key[1]}")[0]
+            quad = [row for row in rows if row["schedule"] == "quadratic"]
+            ax.plot([_mac_speedup(r, row) for row in quad], [row["fd"] for row in quad], "x",
+                    color=line.get_color())
             for row in rows:
                 ax.annotate(f"N={row['interval']}{'q' if row['schedule'] == 'quadratic' else ''}",
-                            (base / row["wall_s"], row["fd"]), fontsize=7)
+                            (_mac_speedup(r, row), row["fd"]), fontsize=7)
         ref = r["digits_quality"][0]
         ax.axhspan(ref["fd"] - ref["fd_real_vs_real_std"], ref["fd"] + ref["fd_real_vs_real_std"], alpha=0.15,
                    label="uncached DDIM FD ± real-vs-real std")
-        ax.set_xlabel("speed-up vs uncached (digits, wall)")
+        ax.set_xlabel("speed-up in MACs vs uncached (digits)")
+        ax.set_yscale("log")
         ax.set_ylabel("feature FD")
         ax.set_title(f"digits, n = {r['n']}")
         ax.legend(fontsize=7)
     if "cifar" in r:
         ax = axes[1]
-        for key in dict.fromkeys((row["backend"], row["sampler"]) for row in r["cifar"]):
-            rows = [row for row in r["cifar"] if (row["backend"], row["sampler"]) == key and row["schedule"] == "uniform"]
-            ax.plot([row["interval"] for row in rows], [row["speedup"] for row in rows], "o-", label=" ".join(key))
+        for key in dict.fromkeys((row["backend"], row["precision"], row["sampler"], row["steps"]) for row in r["cifar"]):
+            rows = [row for row in r["cifar"] if (row["backend"], row["precision"], row["sampler"], row["steps"]) == key
+                    and row["schedule"] == "uniform"]
+            ax.plot([row["interval"] for row in rows], [row["speedup"] for row in rows], "o-",
+                    label=f"{key[0]} {key[1]} {key[2]}-{key[3]}")
         ax.axhline(1.4, ls="--", c="gray", lw=0.8)
         ax.set_xlabel("cache interval N (uniform)")
         ax.set_ylabel("end-to-end speed-up, batch 1")
@@ -270,6 +298,10 @@ def main() -> None:
     p.add_argument("--parts", default="percall,digits,cifar")
     p.add_argument("--cifar-source", default=str(_work() / "cifar10-ddpm-unet-hf-seed0-trained300"))
     p.add_argument("--cifar-bundle", default=None, help="a CIFAR-size bundle exported with --feature-cache")
+    p.add_argument("--digits-samplers", default="ddim:50,unipc:15", help="SAMPLER:STEPS,... for the digits part")
+    p.add_argument("--intervals", default="1,2,3,5,3q", help="cache intervals (q = quadratic schedule)")
+    p.add_argument("--cifar-samplers", default=None, help="SAMPLER:STEPS,... (default: ddim:50 and unipc:15)")
+    p.add_argument("--cifar-backends", default="openvino:bf16,ort:fp32", help="BACKEND:PRECISION,...")
     p.add_argument("--branch", type=int, default=0, help="the skip branch the bundles are cut at")
     p.add_argument("--out", type=Path, default=RESULTS / "feature_cache")
     a = p.parse_args()
@@ -277,12 +309,14 @@ def main() -> None:
     from ddpm_rt.fsutil import atomic_write_text
 
     r: dict[str, Any] = {"machine": _machine(a.threads), "threads": a.threads, "n": a.n, "chunk": a.chunk, "reps": a.reps,
-                         "argv": sys.argv[1:]}
+                         "argv": sys.argv[1:], "commands": []}
     old = a.out.with_suffix(".json")
     if old.is_file():  # keep parts measured by an earlier run of other parts
         prev = json.loads(old.read_text())
-        r.update({k: v for k, v in prev.items() if k not in ("machine", "argv", "loadavg_end", "n", "chunk")
+        r.update({k: v for k, v in prev.items() if k not in ("machine", "argv", "loadavg_end", "n", "chunk",
+                                                             "threads", "reps")
                   or k in ("n", "chunk") and "digits" not in parts})
+    r["commands"] = [*r.get("commands", []), sys.argv[1:]]
 
     def save(part: str | None = None) -> None:
         r["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -303,10 +337,19 @@ def main() -> None:
             r[f"percall_{name}"] = _percall(path, a.threads, reps=max(a.reps * 4, 20))
             save(f"percall_{name}")
     if "digits" in parts:
-        r["digits_quality"] = _digits_quality(digits, a.n, a.threads, a.chunk)
+        samplers = tuple((name, int(steps)) for name, steps in (x.split(":") for x in a.digits_samplers.split(",")))
+        intervals = tuple((int(v.rstrip("q")), "quadratic" if v.endswith("q") else "uniform")
+                          for v in a.intervals.split(","))
+        r["digits_quality"] = _digits_quality(digits, a.n, a.threads, a.chunk, samplers, intervals)
         save("digits_quality")
     if "cifar" in parts:
-        r["cifar"] = _cifar(cifar, a.threads, a.reps)
+        intervals = tuple((int(v.rstrip("q")), "quadratic" if v.endswith("q") else "uniform")
+                          for v in a.intervals.split(","))
+        cifar_samplers = None if a.cifar_samplers is None else tuple(
+            (name, int(steps)) for name, steps in (x.split(":") for x in a.cifar_samplers.split(",")))
+        backends = tuple(tuple(x.split(":")) for x in a.cifar_backends.split(","))
+        r["cifar"] = _cifar(cifar, a.threads, a.reps, intervals=intervals, samplers=cifar_samplers,
+                            backends=backends)  # type: ignore[arg-type]
         save("cifar")
     save()
 

@@ -90,10 +90,16 @@ def open_run(source: ModelSource, backend: str = "auto", *, chunk: int, batch: i
                             allow_inexact=allow_inexact, calls=None if calls is None else calls * -(-batch // chunk))
     artifact = choice.bundle or artifact_for(choice.name, source, log=log)
     spec = getattr(artifact, "spec", source.spec)  # a bundle carries its own spec in its manifest
-    if feature_cache and choice.name not in ("ort", "openvino"):
-        raise ConfigError(f"feature caching (--cache-interval) runs on --backend ort or openvino, not {choice.name}")
+    if feature_cache and choice.name not in ("ort", "openvino", "torch-cuda"):
+        raise ConfigError(f"feature caching (--cache-interval) runs on --backend ort, openvino or torch-cuda, "
+                          f"not {choice.name}")
+    extra: dict[str, Any] = {}
+    if feature_cache and choice.name == "torch-cuda":  # the module artifact, cut at the bundle's branch 0
+        from ddpm_rt.exporter.feature_cache import split_modules
+
+        extra["feature_split"] = split_modules(artifact, 0)
     options = BackendOptions(threads=threads, precision=choice.precision, cuda_graph=cuda_graph,
-                             feature_cache=feature_cache)
+                             feature_cache=feature_cache, extra=extra)
     notes: dict[str, Any] = {}
     guidance = None
     if spec.conditioning or (classifier_scale and cond is not None):  # classifier guidance needs no class input

@@ -50,6 +50,7 @@ class TorchCudaBackend(DeviceLoopBackend):
         precision: str = "fp32",
         cuda_graph: bool = True,
         device: str = "cuda",
+        feature_split: tuple[torch.nn.Module, torch.nn.Module] | None = None,
     ) -> None:
         import torch
 
@@ -59,7 +60,14 @@ class TorchCudaBackend(DeviceLoopBackend):
         self.module = module.eval().to(device)
         self.precision = precision
         self._amp = autocast_dtype(precision)
-        self.loop: DeviceLoop = DeviceLoop(self._denoise, device, cuda_graph=cuda_graph)
+        # feature caching: (full -> (out, feature), shallow(x, t, feature) -> out), made by the caller
+        # (`exporter.feature_cache.split_modules`); the feature lives in one static device buffer
+        self._split = None if feature_split is None else tuple(m.eval().to(device) for m in feature_split)
+        self._feat: torch.Tensor | None = None
+        if self._split is None:
+            self.loop: DeviceLoop = DeviceLoop(self._denoise, device, cuda_graph=cuda_graph)
+        else:
+            self.loop = DeviceLoop(self._denoise_full, device, cuda_graph=cuda_graph, shallow=self._denoise_shallow)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -72,7 +80,33 @@ class TorchCudaBackend(DeviceLoopBackend):
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)
-        return cls(module, precision=options.precision, cuda_graph=options.cuda_graph)
+        split = options.extra.get("feature_split")
+        if options.feature_cache and split is None:
+            from ddpm_rt.errors import ConfigError
+
+            raise ConfigError("torch-cuda runs feature caching on the split U-Net; open it through `ddpm-rt sample`")
+        return cls(module, precision=options.precision, cuda_graph=options.cuda_graph,
+                   feature_split=split if options.feature_cache else None)
+
+    def _call(self, module: torch.nn.Module, *args: torch.Tensor):
+        if self._amp is None:
+            return module(*args)
+        with self._torch.autocast("cuda", dtype=self._amp, cache_enabled=False):
+            return module(*args)
+
+    def _denoise_full(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        """A full row: the output, and the deep feature into the static buffer (allocated on the
+        first call of a batch, which is a warm-up call, before any capture)."""
+        assert self._split is not None
+        y, feature = self._call(self._split[0], x, t)
+        if self._feat is None or self._feat.shape != feature.shape:
+            self._feat = self._torch.empty(feature.shape, dtype=self._torch.float32, device=feature.device)
+        out.copy_(y)
+        self._feat.copy_(feature)
+
+    def _denoise_shallow(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
+        assert self._split is not None and self._feat is not None
+        out.copy_(self._call(self._split[1], x, t, self._feat))
 
     def _denoise(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor, *cond: torch.Tensor) -> None:
         torch = self._torch

@@ -59,6 +59,8 @@ def check_branch(module: nn.Module, branch: int) -> nn.Module:
         raise ConfigError(f"--feature-cache {branch}: this U-Net has branches 0..{n - 1} (0 = full resolution, "
                           f"the cheapest shallow graph)")
     unet = _inner(module)
+    if isinstance(unet, UNet) and any("class" in name for name, _ in unet.named_children()):
+        raise ConfigError("--feature-cache supports unconditional U-Nets only so far (this one embeds a class)")
     if _is_diffusers(unet):
         if unet.class_embedding is not None:
             raise ConfigError("--feature-cache does not support class-conditional UNet2DModels yet")

@@ -87,7 +87,7 @@ class Backend:
         NaN/inf first showed, unless `allow_nonfinite`.
         """
         if plan.cached_calls:
-            if not self.host_loop:
+            if not self.host_loop and getattr(getattr(self, "loop", None), "shallow", None) is None:
                 raise ConfigError(f"backend {self.name!r} does not run feature caching yet; use --backend ort "
                                   "or openvino, or drop --cache-interval")
             if guidance is not None:

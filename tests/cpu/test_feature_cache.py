@@ -301,7 +301,7 @@ def test_the_nonfinite_guard_covers_cached_rows() -> None:
 def test_export_records_a_measured_recommendation(bundles) -> None:
     fc = json.loads((bundles["unet"][0] / "ddpm_rt.json").read_text())["feature_cache"]
     rec = fc["recommendation"]
-    assert rec["sampler"] == "unipc" and set(rec["rel_rms"]) == {"2", "3", "5"}
+    assert (rec["sampler"], rec["steps"]) == ("ddim", 50) and set(rec["rel_rms"]) == {"2", "3", "5"}
     within = [int(n) for n, e in rec["rel_rms"].items() if e <= rec["threshold"]]
     assert fc["recommended_interval"] == (max(within) if within else None)
 
@@ -442,3 +442,31 @@ def test_device_loop_runs_cached_rows(sampler: str) -> None:
     assert np.abs(got - sample_loop(host_full, SPEC.plan(plan.sampler), x_init, noise=noise)).max() > 1e-3
     with pytest.raises(ConfigError, match="without the shallow call"):
         DeviceLoop(denoise, "cpu").sample(plan, x_init, noise=noise)
+
+
+def test_torch_cuda_backend_runs_cached_rows_on_the_device_loop() -> None:
+    """torch-cuda's wiring (split modules, one static feature buffer), run on the CPU device loop."""
+    from ddpm_rt.exporter.feature_cache import split_modules
+    from ddpm_rt.gpu.torch_cuda_backend import TorchCudaBackend
+
+    module = tiny_unet()
+    plan = with_feature_cache(SPEC.plan(SPEC.sampler(12, sampler="ddim")), 3)
+    x_init = initial_noise((2, *SPEC.sample_shape), np.random.default_rng(5))
+    full_mod, shallow_mod = split(module, 0)
+    kept: dict[str, torch.Tensor] = {}
+
+    def host_full(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out, kept["f"] = full_mod(torch.from_numpy(x), torch.from_numpy(t))
+        return out.numpy()
+
+    def host_shallow(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return shallow_mod(torch.from_numpy(x), torch.from_numpy(t), kept["f"]).numpy()
+
+    ref = sample_loop(host_full, plan, x_init, shallow=host_shallow)
+    be = TorchCudaBackend(module, device="cpu", cuda_graph=False, feature_split=split_modules(module, 0))
+    np.testing.assert_allclose(be.sample(plan, x_init), ref, rtol=1e-4, atol=1e-4)
+    plain = TorchCudaBackend(module, device="cpu", cuda_graph=False)
+    with pytest.raises(ConfigError, match="does not run feature caching"):
+        plain.sample(plan, x_init)
