@@ -93,12 +93,12 @@ def _browser_runner(browser: Any, options: dict[str, Any]):
 
 
 def take_screenshot(browser: Any, url: str, path: Path, threads: int) -> Path:
-    """The README's picture: digits sampled from the page's own controls, then "Edit the last result"
-    keeping the left half (input | mask | result)."""
+    """The README's picture: cond-digits sampled from the page's own controls (one row per class, the
+    model's default guidance), then "Edit the last result" keeping the left half (input | mask | result)."""
     from ddpm_rt.web.drive import click_sample, open_page
 
     open_page(browser, url)
-    for run in ({"model": "digits", "ep": "auto", "threads": threads, "seed": 0},
+    for run in ({"model": "cond-digits", "ep": "auto", "threads": threads, "seed": 0},
                 {"button": "edit-last", "mask": "left", "strength": "0.8", "seed": 1}):
         out = click_sample(browser, **run)
         if "error" in out:
@@ -117,7 +117,7 @@ def screenshot_only(args: argparse.Namespace) -> int:
     from ddpm_rt.web.server import make_server, serve_in_thread
 
     with tempfile.TemporaryDirectory(prefix="ddpm_rt_web_shot_") as tmp:
-        models = [WebModel(n, load_bundle(shipped_bundle(n)), f"builtin:{n}") for n in ("digits", "swissroll")]
+        models = [WebModel(n, load_bundle(shipped_bundle(n)), f"builtin:{n}") for n in ("digits", "cond-digits", "swissroll")]
         server = make_server(GraphStore(models, cache_dir=Path(tmp), log=log), ensure_page(log=log), port=0)
         serve_in_thread(server)
         with Chromium(size=SHOT_SIZE) as browser:
