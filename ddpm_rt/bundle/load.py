@@ -22,7 +22,7 @@ from ddpm_rt.bundle.manifest import (
     METADATA_KEY,
     ONNX_FILE,
 )
-from ddpm_rt.errors import BundleError, first_line
+from ddpm_rt.errors import BundleError, ConfigError, first_line
 from ddpm_rt.fsutil import file_sha256
 from ddpm_rt.spec import DiffusionSpec
 
@@ -90,6 +90,17 @@ class Bundle:
         return FeatureCacheGraphs(paths[0], paths[1], str(entry["feature_name"]),
                                   tuple(int(d) for d in entry["feature_shape"]), int(entry["branch"]),
                                   entry.get("recommended_interval"))
+
+    def graphs_to_open(self, feature_cache: bool) -> tuple[Path, Path | None, tuple[str, tuple[int, ...]] | None]:
+        """(the graph a backend opens, the shallow graph, (feature name, shape)): the plain denoiser, or
+        with `feature_cache` the full graph that also outputs the feature and the shallow one."""
+        if not feature_cache:
+            return self.onnx_path, None, None
+        if self.precision != "fp32":
+            raise ConfigError(f"feature caching runs the fp32 cache graphs; this bundle is {self.precision} "
+                              "(open it without --cache-interval)")
+        graphs = self.feature_cache()
+        return graphs.full, graphs.shallow, (graphs.feature_name, graphs.feature_shape)
 
     @property
     def fixed_batch(self) -> int | None:

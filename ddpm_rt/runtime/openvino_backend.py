@@ -209,14 +209,7 @@ class OpenVinoBackend(Backend):
         fields = cache_fields(_bundle_sha256(bundle), batch, precision, ov.__version__, threads)
         contract = CONTRACT.for_spec(bundle.spec)
         sample_shape = tuple(bundle.spec.sample_shape)
-        onnx_path, shallow_path, feature = bundle.onnx_path, None, None
-        if options.feature_cache:  # the full graph that also outputs the feature, and the shallow one
-            if bundle.precision != "fp32":
-                raise ConfigError(f"feature caching runs the fp32 cache graphs; this bundle is {bundle.precision} "
-                                  "(open it without --cache-interval)")
-            graphs = bundle.feature_cache()
-            onnx_path, shallow_path = graphs.full, graphs.shallow
-            feature = (graphs.feature_name, graphs.feature_shape)
+        onnx_path, shallow_path, feature = bundle.graphs_to_open(bool(options.feature_cache))
 
         def compile_at(path: Path, role: str) -> tuple[Any, str, Path]:
             slot = fields if role == "denoiser" else {**fields, "graph": role, "graph_sha256": file_sha256(path)}

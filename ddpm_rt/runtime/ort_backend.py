@@ -134,14 +134,7 @@ class OrtCpuBackend(Backend):
         ort = _import_ort()
         from ddpm_rt.runtime import ort_cache
 
-        onnx_path, shallow_path, feature = bundle.onnx_path, None, None
-        if options.feature_cache:  # the full graph that also outputs the feature, and the shallow one
-            if bundle.precision != "fp32":
-                raise ConfigError(f"feature caching runs the fp32 cache graphs; this bundle is {bundle.precision} "
-                                  "(open it without --cache-interval)")
-            graphs = bundle.feature_cache()
-            onnx_path, shallow_path = graphs.full, graphs.shallow
-            feature = (graphs.feature_name, graphs.feature_shape)
+        onnx_path, shallow_path, feature = bundle.graphs_to_open(bool(options.feature_cache))
         cache = ort_cache.cache_dir_for(onnx_path, options.cache_dir)
         providers = cls.providers(onnx_path, batch, bundle.spec.sample_shape, options, cache)
         so = cls.session_options(options)
@@ -254,13 +247,7 @@ class OrtCpuBackend(Backend):
             if self._bindable(inputs):
                 self._bind(inputs)  # the caller's buffers become the graph inputs
             else:  # a foreign layout or dtype: copy into our own buffers every call
-                b = x.shape[0]
-                for own, given in zip(self._own, inputs, strict=True):
-                    np.copyto(own[:b], given, casting="same_kind")
-                if self._own_bound != b:
-                    self._bind(tuple(own[:b] for own in self._own))
-                    self._own_bound = b
-                self._bound = None
+                self._copy_in(inputs)
                 self._run_bound()
                 return self._bound_out
         self._run_bound()
@@ -275,15 +262,19 @@ class OrtCpuBackend(Backend):
         bound = self._bound
         if bound is None or len(bound) != len(inputs) or any(a is not c for a, c in zip(inputs, bound, strict=True)):
             self._check_shape(inputs)  # not the arrays of the last full call: ours, copied into
-            b = x.shape[0]
-            for own, given in zip(self._own, inputs, strict=True):
-                np.copyto(own[:b], given, casting="same_kind")
-            if self._own_bound != b:
-                self._bind(tuple(own[:b] for own in self._own))
-                self._own_bound = b
-            self._bound = None
+            self._copy_in(inputs)
         self._run_bound(self._shallow_binding, self.shallow)
         return self._bound_out
+
+    def _copy_in(self, inputs: tuple[np.ndarray, ...]) -> None:
+        """Copy `inputs` into our own bound buffers (bound once per batch size)."""
+        b = inputs[0].shape[0]
+        for own, given in zip(self._own, inputs, strict=True):
+            np.copyto(own[:b], given, casting="same_kind")
+        if self._own_bound != b:
+            self._bind(tuple(own[:b] for own in self._own))
+            self._own_bound = b
+        self._bound = None
 
     def _run_bound(self, binding: Any = None, session: Any = None) -> None:
         try:
