@@ -70,7 +70,6 @@ def main() -> None:
     labels = np.arange(args.n, dtype=np.int64) % 10
     cond = {spec.conditioning[0].name: labels}
     sampler = spec.sampler(args.steps)
-    plan = spec.plan(sampler)
     has_classifier = bool(bundle_for(src).manifest.get("classifier"))
     result: dict[str, Any] = {
         "model": src.label, "n": args.n, "sampler": f"{sampler.sampler} {args.steps} steps",
@@ -81,6 +80,7 @@ def main() -> None:
     def run(w: float, s: float = 0.0) -> tuple[np.ndarray, float]:
         with open_run(src, "ort", chunk=args.chunk, batch=args.n, threads=args.threads, cond=cond,
                       guidance_scale=w, classifier_scale=s, guidance_mode="batched") as r:
+            plan = r.spec.plan(sampler)  # the run's spec, as `sample` does (classifier guidance turns the x0 clip off)
             rng = np.random.default_rng(0)
             x_init = initial_noise((args.n, *spec.sample_shape), rng)
             t0 = time.perf_counter()

@@ -298,42 +298,29 @@ class OpenVinoBackend(Backend):
         if self._shallow is None:
             raise ConfigError(f"backend {self.name!r} was opened without the feature-cache graphs; "
                               "open it with BackendOptions(feature_cache=True)")
-        inputs = (x, t, *cond)
-        bound = self._bound
-        if bound is not None and len(bound) == len(inputs) and all(a is b for a, b in zip(inputs, bound, strict=True)):
-            self._infer(self._shallow)
-            return self._out
-        self._check_shape(inputs)
-        if self._shareable(inputs):
-            self._share(inputs)
-            self._infer(self._shallow)
-            return self._out
-        b = x.shape[0]
-        if self._bound is not self._own:
-            self._share(self._own)
-        for own, given in zip(self._own, inputs, strict=True):
-            np.copyto(own[:b], given, casting="same_kind")
-        self._infer(self._shallow)
-        return self._out[:b]
+        return self._run_on(self._shallow, (x, t, *cond))
 
     def __call__(self, x: np.ndarray, t: np.ndarray, *cond: np.ndarray) -> np.ndarray:
         """out = f(x, t, *cond). The loop passes the same arrays every step: shared once, then reused."""
-        inputs = (x, t, *cond)
+        return self._run_on(self._request, (x, t, *cond))
+
+    def _run_on(self, request: Any, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Run `request` (the denoiser, or the feature cache's shallow graph) on `inputs`."""
         bound = self._bound
         if bound is not None and len(bound) == len(inputs) and all(a is b for a, b in zip(inputs, bound, strict=True)):
-            self._infer()
+            self._infer(request)
             return self._out
         self._check_shape(inputs)
         if self._shareable(inputs):
             self._share(inputs)
-            self._infer()
+            self._infer(request)
             return self._out
-        b = x.shape[0]  # a smaller batch or a foreign layout: copy into our own buffers
+        b = inputs[0].shape[0]  # a smaller batch or a foreign layout: copy into our own buffers
         if self._bound is not self._own:
             self._share(self._own)
         for own, given in zip(self._own, inputs, strict=True):
             np.copyto(own[:b], given, casting="same_kind")
-        self._infer()
+        self._infer(request)
         return self._out[:b]
 
     def close(self) -> None:
