@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm_rt.errors import ConfigError
@@ -59,7 +58,7 @@ def check_branch(module: nn.Module, branch: int) -> nn.Module:
         raise ConfigError(f"--feature-cache {branch}: this U-Net has branches 0..{n - 1} (0 = full resolution, "
                           f"the cheapest shallow graph)")
     unet = _inner(module)
-    if isinstance(unet, UNet) and any("class" in name for name, _ in unet.named_children()):
+    if isinstance(unet, UNet) and unet.class_embed is not None:
         raise ConfigError("--feature-cache supports unconditional U-Nets only so far (this one embeds a class)")
     if _is_diffusers(unet):
         if unet.class_embedding is not None:
@@ -73,40 +72,10 @@ def check_branch(module: nn.Module, branch: int) -> nn.Module:
 
 
 def _own_forward(u: UNet, x: Tensor, t: Tensor, branch: int, feature: Tensor | None) -> tuple[Tensor, Tensor]:
-    """UNet.forward, cut at `branch`: with `feature` the shallow path, else the full one (also returning h at the cut)."""
-    shallow = feature is not None
-    emb = u.time(t)  # (B, emb_dim)
-    h = u.conv_in(x)
-    skips = [h]
-    i = 0
-    for level in range(u.levels):
-        for _ in range(u.num_res_blocks):
-            h = u.down_attn[i](u.down[i](h, emb))
-            skips.append(h)
-            i += 1
-        if shallow and level == branch:
-            break  # the downsample of level b only feeds deeper levels
-        if level < u.levels - 1:
-            h = u.downsample[level](h)  # (B, C, H/2, W/2)
-            skips.append(h)
-    if not shallow:
-        h = u.mid2(u.mid_attn(u.mid1(h, emb)), emb)
-    i = 0
-    cut = h
-    for n, level in enumerate(reversed(range(u.levels))):
-        if level > branch and shallow:
-            i += u.num_res_blocks + 1
-            continue
-        if level == branch:
-            if shallow:
-                h = feature  # (B, C_b', H_b, W_b) cached at the last full step
-            cut = h
-        for _ in range(u.num_res_blocks + 1):
-            h = u.up_attn[i](u.up[i](torch.cat([h, skips.pop()], dim=1), emb))
-            i += 1
-        if level > 0:
-            h = u.upsample[n](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-    return u.out(h), cut
+    """UNet.forward cut at `branch` (`UNet.walk`): with `feature` the shallow path, else the full one."""
+    out, cut = u.walk(x, t, None, branch, feature)
+    assert cut is not None  # check_branch keeps `branch` within the U-Net's levels
+    return out, cut
 
 
 # -- diffusers UNet2DModel -----------------------------------------------------------------

@@ -121,6 +121,13 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        return self.walk(x, t, class_labels)[0]
+
+    def walk(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, branch: int | None = None,
+             feature: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The forward pass, and h entering up level `branch` (feature caching's cut; None without a
+        branch). With `feature` (that h from an earlier step) only the shallow path runs: the down
+        levels up to `branch`, then the up levels from `branch` on that feature."""
         emb = self.time(t)  # (B, emb_dim)
         if self.class_embed is not None:
             if class_labels is None:
@@ -129,6 +136,7 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(class_labels)  # (B, emb_dim)
         elif class_labels is not None:
             raise ValueError("this UNet is unconditional (num_classes unset) but got class_labels")
+        shallow = feature is not None
         h = self.conv_in(x)
         skips = [h]
         i = 0
@@ -137,15 +145,25 @@ class UNet(nn.Module):
                 h = self.down_attn[i](self.down[i](h, emb))
                 skips.append(h)
                 i += 1
+            if shallow and level == branch:
+                break  # the downsample of level `branch` only feeds deeper levels
             if level < self.levels - 1:
                 h = self.downsample[level](h)  # (B, C, H/2, W/2)
                 skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        if not shallow:
+            h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
         i = 0
+        cut = None
         for n, level in enumerate(reversed(range(self.levels))):
+            if shallow and level > branch:  # type: ignore[operator]
+                i += self.num_res_blocks + 1
+                continue
+            if level == branch:
+                h = feature if shallow else h  # (B, C_b', H_b, W_b) cached at the last full step
+                cut = h
             for _ in range(self.num_res_blocks + 1):
                 h = self.up_attn[i](self.up[i](torch.cat([h, skips.pop()], dim=1), emb))
                 i += 1
             if level > 0:
                 h = self.upsample[n](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out(h)
+        return self.out(h), cut
