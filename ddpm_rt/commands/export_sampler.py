@@ -37,7 +37,7 @@ def export_sampler(
     cache_interval: Annotated[int | None, typer.Option(min=1, help="Feature caching (a bundle exported with "
                                                    "--feature-cache): the full U-Net every N-th step, the shallow "
                                                    "graph in between, inside the full-loop graph.")] = None,
-    cache_schedule: Annotated[str, typer.Option(help="uniform | quadratic (with --cache-interval).")] = "uniform",
+    cache_schedule: opt.CacheSchedule = "uniform",
     json_out: opt.JsonOut = False,
 ) -> None:
     """Fuse a bundle's denoiser and a sampler's update into one ONNX graph, verified against the Python loop.

@@ -37,6 +37,9 @@ LabelsFile = Annotated[Path | None, typer.Option("--labels", help="Conditional m
 GuidanceScale = Annotated[float | None, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale w: out = u + w·(c − u); 1 = plain conditional, 0 = unconditional (default: the model's own).")]
 GuidanceRescale = Annotated[float, typer.Option("--guidance-rescale", min=0.0, max=1.0, help="Guidance rescale φ (Lin et al. 2023): mixes in the output rescaled to the conditional half's std.")]
 ClassifierScale = Annotated[float, typer.Option("--classifier-scale", min=0.0, help="Classifier guidance scale s, with the bundle's noise-aware classifier (0 = off).")]
+CacheSchedule = Annotated[str, typer.Option(
+    "--cache-schedule", help="Feature caching: which calls run the full U-Net: uniform (every N-th) or quadratic "
+    "(as many, denser mid-run).")]
 GuidanceMode = Annotated[str, typer.Option("--guidance-mode", help="How the two CFG halves run: auto (measured), batched (one call of 2B) or split (two calls of B).")]
 
 # -- editing -------------------------------------------------------------------------------------

@@ -77,9 +77,7 @@ def sample(
         help="U-Net feature caching (DeepCache; a bundle exported with --feature-cache): run the full U-Net "
              "every N-th call and only its shallow graph in between (N = 1: off); `auto` = the interval the "
              "bundle recommends. Changes the samples slightly; never on unless asked.")] = None,
-    cache_schedule: Annotated[str, typer.Option(
-        help="Which calls run the full U-Net: uniform (every N-th) or quadratic (as many, denser mid-run).")
-    ] = "uniform",
+    cache_schedule: opt.CacheSchedule = "uniform",
     json_out: opt.JsonOut = False,
 ) -> None:
     """Sample from a denoiser with a fixed-schedule reverse loop and write the result."""
