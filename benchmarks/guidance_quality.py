@@ -136,6 +136,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"w = 0 is the unconditional model (FD {ref['fd']:.2f}); chance for the class column is 10%.", ""]
     if r["classifier"]:
         lines += ["## Classifier guidance (the bundle's noise-aware classifier)", "",
+                  "Run as `sample` runs it: the guided x̂0 is not clipped (see classifier_guidance_x0clip.md).", "",
                   "| w (CFG) | s (classifier) | class asked for | FD | mean confidence | s |", "|---|---|---|---|---|---|",
                   *[f"| {x['guidance_scale']:g} | {x['classifier_scale']:g} | {100 * x['class_match']:.1f}% | "
                     f"{x['fd']:.2f} | {x['mean_confidence']:.3f} | {x['seconds']} |" for x in r["classifier"]], ""]
